@@ -1,0 +1,156 @@
+"""Pure numpy/scipy audio featurization: WAV bytes to a log(-mel) spectrogram.
+
+Imports neither Beam nor TensorFlow, so the pipeline, the trainer's `predict`
+and the app all featurize a raw file with exactly these functions.
+"""
+import functools
+import io
+import math
+import warnings
+
+import numpy as np
+from scipy import signal
+from scipy.io import wavfile
+
+from beam_jobs.config import AudioConfig
+from beam_jobs.errors import InvalidInputError
+
+_LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
+_SILENCE_DB = 40.0  # frames this far below the loudest frame count as silence when centring
+
+
+def decode_wav(data: bytes, *, config: AudioConfig) -> tuple[np.ndarray, int]:
+    """Decodes any PCM or IEEE-float WAV to mono float32 in [-1, 1].
+
+    Args:
+      data: the bytes of a .wav file (8-bit unsigned, 16/24/32-bit int, 32/64-bit float,
+        any number of channels).
+      config: supplies the size and duration limits.
+
+    Returns:
+      (samples, sample_rate): samples is float32 of shape [num_samples].
+
+    Raises:
+      InvalidInputError: empty, truncated, not a WAV, unsupported encoding, over a limit.
+    """
+    if not data:
+        raise InvalidInputError("empty file")
+    if len(data) > config.max_file_bytes:
+        raise InvalidInputError(f"file is {len(data)} bytes, over the limit of {config.max_file_bytes}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", wavfile.WavFileWarning)
+        try:
+            rate, samples = wavfile.read(io.BytesIO(data))
+        except (ValueError, EOFError, OSError, KeyError) as error:
+            raise InvalidInputError(f"not a readable PCM WAV file: {error}") from error
+    for warning in caught:
+        # scipy returns whatever it could read from a truncated file and only warns.
+        if "EOF" in str(warning.message) or "truncated" in str(warning.message).lower():
+            raise InvalidInputError(f"truncated WAV file: {warning.message}")
+    if rate <= 0:
+        raise InvalidInputError(f"invalid sample rate {rate}")
+    samples = _to_float(samples)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if samples.size == 0:
+        raise InvalidInputError("WAV file holds no samples")
+    duration = samples.size / rate
+    if duration > config.max_seconds:
+        raise InvalidInputError(f"recording is {duration:.1f} s long, over the limit of {config.max_seconds} s")
+    if not np.all(np.isfinite(samples)):
+        raise InvalidInputError("WAV file holds NaN or infinite samples")
+    return samples, int(rate)
+
+
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    if samples.dtype == np.uint8:
+        return (samples.astype(np.float32) - 128.0) / 128.0
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / 32768.0
+    if samples.dtype == np.int32:
+        # scipy left-justifies 24-bit samples in int32, so one scale serves 24 and 32 bits.
+        return (samples.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if samples.dtype in (np.float32, np.float64):
+        return samples.astype(np.float32)
+    raise InvalidInputError(f"unsupported sample type {samples.dtype}")
+
+
+def resample(samples: np.ndarray, *, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of float32 [n] samples; returns float32 [round(n * to / from)]."""
+    if from_rate == to_rate:
+        return samples
+    divisor = math.gcd(from_rate, to_rate)
+    return signal.resample_poly(samples, to_rate // divisor, from_rate // divisor).astype(np.float32)
+
+
+def fit_to_clip(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
+    """Pads with silence or trims float32 [n] samples to exactly `config.clip_samples`.
+
+    With align="center" the loudest stretch (frames within 40 dB of the peak) is
+    centred in the clip, so the same word lands in the same place whatever the
+    leading silence of the recording; with align="start" the clip keeps its start.
+    """
+    length = config.clip_samples
+    if config.align == "center":
+        start, end = _voiced_region(samples, frame=config.hop_samples)
+        middle = (start + end) // 2
+        offset = middle - length // 2
+    else:
+        offset = 0
+    clip = np.zeros(length, dtype=np.float32)
+    source_start = max(offset, 0)
+    source_end = min(offset + length, samples.size)
+    if source_end > source_start:
+        clip[source_start - offset:source_end - offset] = samples[source_start:source_end]
+    return clip
+
+
+def _voiced_region(samples: np.ndarray, *, frame: int) -> tuple[int, int]:
+    frames = samples[: samples.size // frame * frame].reshape(-1, frame)
+    if frames.size == 0:
+        return 0, samples.size
+    energy_db = 10 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
+    loud = np.flatnonzero(energy_db > energy_db.max() - _SILENCE_DB)
+    return int(loud[0]) * frame, int(loud[-1] + 1) * frame
+
+
+def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig) -> np.ndarray:
+    """Log power spectrogram of float32 [clip_samples]: float32 [num_frames, num_bins].
+
+    Hann window of `window_ms`, hop `hop_ms`, `fft_size`-point FFT; projected to
+    `num_mel_bins` mel bands when that is non-zero.
+    """
+    window = config.window_samples
+    frames = np.lib.stride_tricks.sliding_window_view(clip, window)[:: config.hop_samples]
+    frames = frames[: config.num_frames] * _hann(window)
+    power = np.abs(np.fft.rfft(frames, n=config.fft_size, axis=1)) ** 2
+    if config.num_mel_bins:
+        power = power @ _mel_matrix(config.sample_rate, config.fft_size, config.num_mel_bins)
+    return np.log(power + _LOG_FLOOR).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(length: int) -> np.ndarray:
+    return signal.get_window("hann", length).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_matrix(sample_rate: int, fft_size: int, num_mel_bins: int) -> np.ndarray:
+    """HTK-style triangular filters, float32 [fft_size // 2 + 1, num_mel_bins]."""
+    def hz_to_mel(hz):
+        return 1127.0 * np.log1p(np.asarray(hz) / 700.0)
+
+    fft_hz = np.linspace(0, sample_rate / 2, fft_size // 2 + 1)
+    edges = np.linspace(hz_to_mel(20.0), hz_to_mel(sample_rate / 2), num_mel_bins + 2)
+    fft_mel = hz_to_mel(fft_hz)[:, None]
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (fft_mel - lower) / (center - lower)
+    falling = (upper - fft_mel) / (upper - center)
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
+    """WAV bytes to the model's input: float32 [num_frames, num_bins]. Raises InvalidInputError."""
+    samples, rate = decode_wav(data, config=config)
+    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
+    return compute_log_spectrogram(fit_to_clip(samples, config=config), config=config)

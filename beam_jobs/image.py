@@ -1,0 +1,84 @@
+"""Pure Pillow/numpy image featurization: encoded bytes to a fixed-size uint8 array.
+
+Imports neither Beam nor TensorFlow; the pipeline, `trainer.predict` and the
+app share it.
+"""
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from beam_jobs.config import ImageConfig
+from beam_jobs.errors import InvalidInputError
+
+_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+
+def decode_image(data: bytes, *, config: ImageConfig) -> Image.Image:
+    """Decodes PNG/JPEG/BMP/GIF/WEBP bytes fully (first frame of an animation).
+
+    Raises:
+      InvalidInputError: empty, not an image, unsupported format, truncated or
+        corrupt, over the byte or pixel limit (checked before any pixel is decoded).
+    """
+    if not data:
+        raise InvalidInputError("empty file")
+    if len(data) > config.max_file_bytes:
+        raise InvalidInputError(f"file is {len(data)} bytes, over the limit of {config.max_file_bytes}")
+    with warnings.catch_warnings():
+        # Pillow only warns about a bomb below twice its own limit; ours is checked explicitly below.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        except UnidentifiedImageError as error:
+            raise InvalidInputError(f"not a {'/'.join(_FORMATS)} image") from error
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise InvalidInputError(f"decompression bomb: {error}") from error
+        except (OSError, ValueError, SyntaxError) as error:
+            raise InvalidInputError(f"corrupt or truncated image header: {error}") from error
+        width, height = image.size
+        if width * height > config.max_pixels:
+            raise InvalidInputError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {config.max_pixels}")
+        try:
+            # Pillow decodes lazily: truncated or corrupt pixel data only fails here.
+            image.load()
+            if image.format == "PNG":
+                # A PNG cut after its last pixel row still decodes; verify() checks every chunk's CRC.
+                Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+        except (OSError, ValueError, SyntaxError) as error:
+            raise InvalidInputError(f"corrupt or truncated {image.format} image: {error}") from error
+    return image
+
+
+def to_array(image: Image.Image, *, config: ImageConfig) -> np.ndarray:
+    """Converts any mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) and resizes.
+
+    Returns uint8 [height, width, channels]; transparency is composited onto black.
+    """
+    image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "RGBA", "La", "RGBa"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    image = image.convert("L" if config.channels == 1 else "RGB")
+    if image.size != (config.width, config.height):
+        image = image.resize((config.width, config.height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array.reshape(config.feature_shape)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Maps 16-bit and 32-bit integer or float grayscale onto 0..255 by their full range."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    full_scale = 1.0 if image.mode == "F" else (65535.0 if image.mode.startswith("I;16") else values.max() or 1.0)
+    return Image.fromarray(np.clip(values / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def featurize_image(data: bytes, *, config: ImageConfig) -> np.ndarray:
+    """Image bytes to the model's input: uint8 [height, width, channels]. Raises InvalidInputError."""
+    return to_array(decode_image(data, config=config), config=config)

@@ -1,0 +1,33 @@
+"""soundsight: raw audio and images to sharded TFRecords (Apache Beam) and a CNN (TensorFlow).
+
+The base requirements are what a Beam worker needs to run `beam_jobs`, so
+`--setup_file ./setup.py` ships exactly that to Dataflow workers. TensorFlow
+lives in the `trainer` extra and is never imported by `beam_jobs`.
+"""
+import setuptools
+
+WORKER_REQUIRES = [
+    "apache-beam>=2.60",
+    "google-crc32c>=1.5",  # without it Beam's TFRecord CRCs fall back to pure Python
+    "numpy>=1.26",
+    "pillow>=10.0",
+    "scipy>=1.11",
+    "tfrecord>=1.14",
+]
+
+EXTRAS_REQUIRE = {
+    "gcp": ["apache-beam[gcp]>=2.60"],
+    "trainer": ["tensorflow-cpu>=2.16", "matplotlib>=3.8"],
+    "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
+    "test": ["pytest>=8", "playwright>=1.45"],
+}
+
+setuptools.setup(
+    name="soundsight",
+    version="0.1.0",
+    description="One Beam + TensorFlow pipeline for spoken commands and images",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*"]),
+    install_requires=WORKER_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
