@@ -1,0 +1,107 @@
+"""What the app shows, as plain HTML strings and PNG bytes: no widgets, no TensorFlow.
+
+Every function is pure, so the page's content is tested without a browser and
+the widgets in `app.widgets` only place it.
+"""
+import html
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from app.artifacts import Missing
+
+_BAR_COLORS = {"right": "#2e7d32", "wrong": "#c62828", "unknown": "#1565c0"}
+
+
+def predictions_html(predictions: list[dict], *, true_label: str | None) -> str:
+    """The top-k table, best first, with a bar per probability and the verdict against `true_label`.
+
+    Each row carries its exact label and probability in data attributes, so a
+    test reads the numbers the page got rather than their rounded text.
+    """
+    if true_label is None:
+        verdict, outcome = "True label unknown (uploaded file).", "unknown"
+    elif predictions[0]["label"] == true_label:
+        verdict, outcome = f"Right: the true label is <b>{html.escape(true_label)}</b>.", "right"
+    else:
+        verdict, outcome = f"Wrong: the true label is <b>{html.escape(true_label)}</b>.", "wrong"
+    rows = []
+    for rank, prediction in enumerate(predictions, start=1):
+        label, probability = prediction["label"], float(prediction["probability"])
+        color, weight = (_BAR_COLORS[outcome], "bold") if rank == 1 else ("#90a4ae", "normal")
+        rows.append(
+            f'<tr class="soundsight-prediction" data-label="{html.escape(label)}" data-probability="{probability!r}">'
+            f'<td style="padding:2px 10px 2px 0">{rank}</td>'
+            f'<td style="padding:2px 10px 2px 0;font-weight:{weight}">{html.escape(label)}</td>'
+            f'<td style="padding:2px 10px 2px 0;width:220px"><div style="background:#eceff1;width:200px;height:14px">'
+            f'<div style="background:{color};width:{probability * 100:.1f}%;height:14px"></div></div></td>'
+            f'<td style="text-align:right">{probability * 100:.1f}%</td></tr>')
+    return (f'<div class="soundsight-verdict soundsight-verdict-{outcome}" data-outcome="{outcome}" '
+            f'style="color:{_BAR_COLORS[outcome]};font-size:1.1em;margin:4px 0">{verdict}</div>'
+            f'<table style="border-collapse:collapse">{"".join(rows)}</table>')
+
+
+def error_html(message: str) -> str:
+    """A visible error line with the reason."""
+    return (f'<div class="soundsight-error-message" style="color:#b71c1c;background:#ffebee;'
+            f'border-left:4px solid #b71c1c;padding:6px 10px;margin:4px 0">{html.escape(message)}</div>')
+
+
+def source_html(*, name: str, true_label: str | None) -> str:
+    """Which file is loaded and what it really is, when that is known."""
+    truth = html.escape(true_label) if true_label is not None else "unknown"
+    return f"<div>Loaded <code>{html.escape(name)}</code>; true label: <b>{truth}</b></div>"
+
+
+def missing_html(missing: list[Missing], *, heading: str) -> str:
+    """What is missing and the command that produces each piece, upstream first."""
+    items = "".join(f"<li>{html.escape(item.what)}: <code>{html.escape(item.path)}</code><br>"
+                    f"make it with <code>{html.escape(item.command)}</code></li>" for item in missing)
+    return (f'<div class="soundsight-missing" style="background:#fff8e1;border-left:4px solid #f9a825;'
+            f'padding:6px 10px;margin:4px 0"><b>{html.escape(heading)}</b><ul>{items}</ul>'
+            f"<div>Or run <code>scripts/main.sh</code>, which makes all of them.</div></div>")
+
+
+def audio_figure_png(samples: np.ndarray, *, sample_rate: int, spectrogram: np.ndarray,
+                     clip_seconds: float) -> bytes:
+    """The waveform above the spectrogram the model sees, as PNG bytes.
+
+    Args:
+      samples: float32 [n], the decoded recording in [-1, 1].
+      spectrogram: float32 [frames, bins], the model's input (the clip cut or padded to `clip_seconds`).
+    """
+    figure = Figure(figsize=(7.5, 4.2), dpi=90)
+    # A column of its own for the colour bar, so both plots share one time axis width.
+    grid = figure.add_gridspec(2, 2, height_ratios=(1, 2), width_ratios=(40, 1))
+    top, bottom, colorbar = (figure.add_subplot(grid[row, column]) for row, column in ((0, 0), (1, 0), (1, 1)))
+    seconds = np.arange(samples.size) / sample_rate
+    top.plot(seconds, samples, linewidth=0.6, color="#37474f")
+    top.set_xlim(0, max(samples.size / sample_rate, 1e-3))
+    top.set_ylim(-1.05, 1.05)
+    top.set_title("waveform (as recorded)", fontsize=10)
+    top.set_xlabel("seconds", fontsize=8)
+    top.tick_params(labelsize=7)
+    image = bottom.imshow(spectrogram.T, origin="lower", aspect="auto", cmap="magma",
+                          extent=(0, clip_seconds, 0, spectrogram.shape[1]))
+    bottom.set_title("log-mel spectrogram: the model's input", fontsize=10)
+    bottom.set_xlabel("seconds", fontsize=8)
+    bottom.set_ylabel("bin", fontsize=8)
+    bottom.tick_params(labelsize=7)
+    figure.colorbar(image, cax=colorbar).ax.tick_params(labelsize=7)
+    figure.tight_layout()
+    return _png_bytes(figure)
+
+
+def pixels_png(pixels: np.ndarray) -> bytes:
+    """uint8 [h, w, 1 or 3] as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,74 @@
+"""Which raw files of a dataset are in its held-out test split, without reading a TFRecord.
+
+A file's split depends only on its path relative to its input root, the split
+lists at that root and the manifest's `split_config` (`beam_jobs.splits`), so
+the app finds the test set in the raw folders the manifest names and never
+needs the `tfrecord` package next to TensorFlow.
+"""
+import dataclasses
+from pathlib import Path
+
+from beam_jobs.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, SplitConfig
+from beam_jobs.manifest import DatasetManifest
+from beam_jobs.splits import LIST_FILES, assign_split
+
+EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: Path
+    relative_path: str  # forward slashes, relative to the input root: what the split is assigned from
+    label: str  # the class folder the file is in
+
+
+def read_listed_splits(root: Path) -> dict[str, str]:
+    """{relative path: split} from the split lists at `root`; absent lists count as empty.
+
+    Reads the lists as beam_jobs.transforms.read_split_lists does, which cannot be
+    imported here: it brings the `tfrecord` package, whose protobufs clash with TensorFlow's.
+    """
+    listed = {}
+    for split, list_name in LIST_FILES.items():
+        list_path = root / list_name
+        if not list_path.is_file():
+            continue
+        for relative_path in filter(None, (line.strip() for line in list_path.read_text().splitlines())):
+            if listed.setdefault(relative_path, split) != split:
+                raise ValueError(f"{relative_path} is listed in more than one split list under {root}")
+    return listed
+
+
+def list_split_samples(root: Path, *, split: str, labels: list[str], split_config: SplitConfig,
+                       extensions: tuple[str, ...]) -> list[Sample]:
+    """The files under `root/<label>/` with one of `extensions` that fall in `split`.
+
+    As in the pipeline, a file's label is its top folder and files inside a
+    folder named `_...` (e.g. `_background_noise_`) are not examples. Sorted by
+    label order, then path.
+    """
+    listed = read_listed_splits(root)
+    samples = []
+    for label in labels:
+        folder = root / label
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            relative_path = path.relative_to(root).as_posix()
+            if (relative_path.lower().endswith(extensions) and path.is_file()
+                    and not any(part.startswith("_") for part in relative_path.split("/")[:-1])
+                    and assign_split(relative_path, config=split_config, listed=listed) == split):
+                samples.append(Sample(path=path, relative_path=relative_path, label=label))
+    return samples
+
+
+def list_test_samples(manifest: DatasetManifest) -> list[Sample]:
+    """The held-out test files of every input root of `manifest` on this machine; other roots are skipped.
+
+    The pipeline records its roots as absolute paths or URLs.
+    """
+    split_config = SplitConfig(**manifest.split_config)
+    return [sample
+            for root in map(Path, manifest.input_roots) if root.is_dir()
+            for sample in list_split_samples(root, split="test", labels=manifest.labels, split_config=split_config,
+                                             extensions=EXTENSIONS[manifest.modality])]
