@@ -6,6 +6,7 @@ and the app all featurize a raw file with exactly these functions.
 import functools
 import io
 import math
+import struct
 import warnings
 
 import numpy as np
@@ -17,6 +18,10 @@ from beam_jobs.errors import InvalidInputError
 
 _LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
 _SILENCE_DB = 40.0  # frames this far below the loudest frame count as silence when centring
+_MAX_SAMPLE_RATE = 768_000  # the fastest rate recorders use; a higher one is a corrupt header
+# scipy's parser reports corrupt or truncated headers with all of these (found by fuzzing).
+_WAV_PARSE_ERRORS = (ValueError, EOFError, OSError, KeyError, struct.error, ZeroDivisionError,
+                     TypeError, UnboundLocalError)
 
 
 def decode_wav(data: bytes, *, config: AudioConfig) -> tuple[np.ndarray, int]:
@@ -41,13 +46,13 @@ def decode_wav(data: bytes, *, config: AudioConfig) -> tuple[np.ndarray, int]:
         warnings.simplefilter("always", wavfile.WavFileWarning)
         try:
             rate, samples = wavfile.read(io.BytesIO(data))
-        except (ValueError, EOFError, OSError, KeyError) as error:
+        except _WAV_PARSE_ERRORS as error:
             raise InvalidInputError(f"not a readable PCM WAV file: {error}") from error
     for warning in caught:
         # scipy returns whatever it could read from a truncated file and only warns.
         if "EOF" in str(warning.message) or "truncated" in str(warning.message).lower():
             raise InvalidInputError(f"truncated WAV file: {warning.message}")
-    if rate <= 0:
+    if not 0 < rate <= _MAX_SAMPLE_RATE:
         raise InvalidInputError(f"invalid sample rate {rate}")
     samples = _to_float(samples)
     if samples.ndim == 2:
@@ -106,7 +111,8 @@ def fit_to_clip(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
 
 
 def _voiced_region(samples: np.ndarray, *, frame: int) -> tuple[int, int]:
-    frames = samples[: samples.size // frame * frame].reshape(-1, frame)
+    # float64: squaring float32 samples of a corrupt float WAV overflows to inf.
+    frames = samples[: samples.size // frame * frame].reshape(-1, frame).astype(np.float64)
     if frames.size == 0:
         return 0, samples.size
     energy_db = 10 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
@@ -125,7 +131,10 @@ def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig) -> np.ndar
     frames = frames[: config.num_frames] * _hann(window)
     power = np.abs(np.fft.rfft(frames, n=config.fft_size, axis=1)) ** 2
     if config.num_mel_bins:
-        power = power @ _mel_matrix(config.sample_rate, config.fft_size, config.num_mel_bins)
+        # einsum, not @: a matmul this size goes to multi-threaded OpenBLAS, whose spinning threads
+        # made featurizing 5-10x slower on busy or shared cores (Beam workers, the trainer's input).
+        mel = _mel_matrix(config.sample_rate, config.fft_size, config.num_mel_bins)
+        power = np.einsum("fk,km->fm", power, mel)
     return np.log(power + _LOG_FLOOR).astype(np.float32)
 
 
@@ -153,4 +162,8 @@ def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
     """WAV bytes to the model's input: float32 [num_frames, num_bins]. Raises InvalidInputError."""
     samples, rate = decode_wav(data, config=config)
     samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
-    return compute_log_spectrogram(fit_to_clip(samples, config=config), config=config)
+    spectrogram = compute_log_spectrogram(fit_to_clip(samples, config=config), config=config)
+    if not np.all(np.isfinite(spectrogram)):
+        # Only a corrupt float WAV, with samples near the float32 limit, overflows the power spectrum.
+        raise InvalidInputError("sample values are far out of range: the spectrogram overflows")
+    return spectrogram

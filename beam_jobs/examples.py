@@ -35,7 +35,9 @@ def encode_example(*, tensor: np.ndarray, label: int, label_name: str, modality:
                 v if isinstance(v, bytes) else v.encode("utf-8") for v in values_list)
         else:
             example.features.feature[feature.name].int64_list.value.extend(int(v) for v in values_list)
-    return example.SerializeToString()
+    # Features is a protobuf map, whose default order differs between processes; the
+    # deterministic order makes the same file give the same bytes on every worker.
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_example(data: bytes) -> dict:

@@ -1,0 +1,334 @@
+"""End to end: `preprocess.run([...])` on a small generated tree with good, bad and skipped files."""
+import dataclasses
+import gzip
+import hashlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from tfrecord import reader as tfrecord_reader
+from tfrecord.writer import TFRecordWriter
+
+from beam_jobs import preprocess
+from beam_jobs.features import FEATURES, tensor_from_bytes
+from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+from beam_jobs.config import SplitConfig
+from beam_jobs.splits import SPLITS, assign_split
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BAD_FILES = {  # relative to the tree: the reason each must give
+    "speech/yes/truncated.wav": "truncated",
+    "speech/no/empty.wav": "empty file",
+    "speech/up/text.wav": "not a readable PCM WAV",
+    "speech/stray.wav": "directly in the input root",
+    "pictures/cat/truncated.png": "truncated",
+    "pictures/dog/bomb.png": "over the limit of 1000000",
+}
+LISTED_FOR_VALIDATION = "no/s2_nohash_0.wav"
+TREE_FLAGS = ["--max_pixels=1000000", "--shard_size_mb=0.1"]  # 0.1 MB: several audio shards per split
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, make_sine, make_wav, make_image, make_bomb_png) -> pathlib.Path:
+    """speech/ with 3 classes of 4 wavs, pictures/ with 2 classes of 3 images, plus bad and skipped files."""
+    root = tmp_path_factory.mktemp("tree")
+    files = {}
+    encodings = ("u8", "i16", "i24", "f32")
+    for class_index, label in enumerate(("yes", "no", "up")):
+        for take in range(4):
+            rate = (8000, 16000)[take % 2]
+            tone = make_sine(300 + 200 * class_index + 50 * take, rate=rate, seconds=0.8)
+            files[f"speech/{label}/s{take}_nohash_0.wav"] = make_wav(tone, rate=rate, encoding=encodings[take])
+    files["speech/_background_noise_/noise.wav"] = make_wav(make_sine(60, rate=16000, seconds=3), rate=16000)
+    files["speech/validation_list.txt"] = f"{LISTED_FOR_VALIDATION}\n".encode()
+    files["speech/README.txt"] = b"not an input"
+    good_wav = files["speech/yes/s0_nohash_0.wav"]
+    files.update({"speech/yes/truncated.wav": good_wav[: len(good_wav) // 2], "speech/no/empty.wav": b"",
+                  "speech/up/text.wav": b"some text renamed to .wav", "speech/stray.wav": good_wav})
+    rng = np.random.default_rng(7)
+    for label in ("cat", "dog"):
+        for index, image_format in enumerate(("PNG", "JPEG", "BMP")):
+            picture = Image.fromarray(rng.integers(0, 256, (20 + index, 24, 3), dtype=np.uint8))
+            files[f"pictures/{label}/{index}.{image_format.lower()}"] = make_image(picture, image_format)
+    good_png = files["pictures/cat/0.png"]
+    files.update({"pictures/cat/truncated.png": good_png[: len(good_png) // 2],
+                  "pictures/dog/bomb.png": make_bomb_png(5000, 5000), "pictures/cat/notes.txt": b"notes"})
+    for relative, data in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return root
+
+
+def input_files(tree: pathlib.Path, folder: str) -> set[str]:
+    """The files the pipeline must account for: input extensions outside `_` folders."""
+    return {str(path) for path in (tree / folder).rglob("*")
+            if path.suffix in (".wav", ".png", ".jpeg", ".bmp") and "_background_noise_" not in path.parts}
+
+
+def run_pipeline(tree, output_dir, *flags, modalities=("audio", "image")) -> preprocess.PreprocessSummary:
+    roots = {"audio": f"--audio_root={tree / 'speech'}", "image": f"--image_root={tree / 'pictures'}"}
+    return preprocess.run([*(roots[m] for m in modalities), f"--output_dir={output_dir}", *TREE_FLAGS, *flags],
+                          save_main_session=False)
+
+
+@pytest.fixture(scope="module")
+def base_run(tree, tmp_path_factory, runner_flags):
+    return run_pipeline(tree, tmp_path_factory.mktemp("in_memory"), *runner_flags["in_memory"])
+
+
+def read_verified_records(path: pathlib.Path, *, compressed: bool) -> list[bytes]:
+    """Records of a shard after checking both CRCs of each with the `crc32c` package.
+
+    tfrecord's own reader skips the CRCs, so they are checked here, by an
+    implementation independent of the google-crc32c one the pipeline writes with.
+    """
+    data = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
+    records, offset = [], 0
+    while offset < len(data):
+        length_bytes = data[offset:offset + 8]
+        assert data[offset + 8:offset + 12] == TFRecordWriter.masked_crc(length_bytes), f"length CRC in {path}"
+        length = int.from_bytes(length_bytes, "little")
+        record = data[offset + 12:offset + 12 + length]
+        data_crc = data[offset + 12 + length:offset + 16 + length]
+        assert data_crc == TFRecordWriter.masked_crc(record), f"data CRC in {path}"
+        records.append(record)
+        offset += 16 + length
+    iterated = tfrecord_reader.tfrecord_iterator(str(path), compression_type="gzip" if compressed else None)
+    assert [bytes(record) for record in iterated] == records
+    return records
+
+
+TFRECORD_DESCRIPTION = {feature.name: "byte" if feature.kind == "bytes" else "int" for feature in FEATURES}
+
+
+def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest) -> dict[str, list[dict]]:
+    """{split: examples} read with tfrecord's example_loader, in shard order."""
+    examples = {}
+    for split, info in manifest.splits.items():
+        examples[split] = []
+        for shard in info.shards:
+            path = output_dir / manifest.modality / shard.path
+            records = read_verified_records(path, compressed=manifest.compression == "GZIP")
+            loaded = list(tfrecord_reader.example_loader(
+                str(path), None, TFRECORD_DESCRIPTION,
+                compression_type="gzip" if manifest.compression == "GZIP" else None))
+            assert len(loaded) == len(records) == shard.num_examples, path
+            ids = [example["id"].decode() for example in loaded]
+            assert ids == sorted(ids), f"{path} is not sorted by id"
+            examples[split] += loaded
+    return examples
+
+
+def test_every_input_file_becomes_a_record_or_an_error_row(base_run, tree):
+    counters = base_run.counters
+    assert (counters["audio_skipped_files"], counters["audio_ignored_files"], counters["image_ignored_files"]) == (
+        1, 2, 1)
+    paths_in_errors = {row["path"] for row in base_run.error_rows}
+    for modality, folder in (("audio", "speech"), ("image", "pictures")):
+        manifest = base_run.manifests[modality]
+        examples = load_examples(pathlib.Path(base_run.output_dir), manifest)
+        record_paths = {str(tree / folder / example["path"].decode()) for split in examples
+                        for example in examples[split]}
+        num_records = sum(len(split_examples) for split_examples in examples.values())
+        errors = {path for path in paths_in_errors if path.startswith(str(tree / folder))}
+        assert num_records == len(record_paths) == sum(split.num_examples for split in manifest.splits.values())
+        assert record_paths | errors == input_files(tree, folder) and not record_paths & errors
+        assert counters[f"{modality}_input_files"] == num_records + manifest.num_errors == len(
+            input_files(tree, folder))
+
+
+def test_every_bad_file_has_an_error_row_with_its_reason(base_run, tree):
+    rows = {row["path"]: row for row in base_run.error_rows}
+    assert set(rows) == {str(tree / relative) for relative in BAD_FILES}
+    for relative, reason in BAD_FILES.items():
+        row = rows[str(tree / relative)]
+        assert reason in row["reason"], f"{relative}: {row['reason']!r} should mention {reason!r}"
+        assert row["modality"] == ("audio" if relative.startswith("speech") else "image")
+        assert row["root"] == str(tree / relative.split("/")[0])
+    assert [manifest.num_errors for manifest in base_run.manifests.values()] == [4, 2]
+
+
+def test_records_carry_labels_splits_ids_and_tensors(base_run, tree):
+    for modality, folder in (("audio", "speech"), ("image", "pictures")):
+        manifest = base_run.manifests[modality]
+        for split, examples in load_examples(pathlib.Path(base_run.output_dir), manifest).items():
+            for example in examples:
+                source = tree / folder / example["path"].decode()
+                assert example["id"].decode() == hashlib.sha256(source.read_bytes()).hexdigest()
+                assert example["label_name"].decode() == source.relative_to(tree / folder).parts[0]
+                assert manifest.labels[example["label"][0]] == example["label_name"].decode()
+                assert (example["split"].decode(), example["modality"].decode()) == (split, modality)
+                tensor = tensor_from_bytes(example["tensor"], dtype=example["dtype"].decode(),
+                                           shape=example["shape"])
+                assert list(tensor.shape) == manifest.tensor_shape
+                np.testing.assert_array_equal(tensor, manifest.featurize(source.read_bytes()))
+
+
+def test_split_list_is_honoured_and_takes_only_listed_files(base_run):
+    examples = load_examples(pathlib.Path(base_run.output_dir), base_run.manifests["audio"])
+    assert [example["path"].decode() for example in examples["validation"]] == [LISTED_FOR_VALIDATION]
+
+
+def test_manifest_describes_the_dataset_and_lists_exactly_the_shards(base_run, tree):
+    audio, image = base_run.manifests["audio"], base_run.manifests["image"]
+    assert (audio.labels, image.labels) == (["no", "up", "yes"], ["cat", "dog"])
+    assert (audio.tensor_dtype, audio.tensor_shape) == ("float32", [98, 64])
+    assert (image.tensor_dtype, image.tensor_shape, image.featurization["max_pixels"]) == (
+        "uint8", [28, 28, 1], 1000000)
+    assert audio.input_roots == [str(tree / "speech")] and audio.compression is None
+    good_wavs = [f"{label}/s{take}_nohash_0.wav" for label in audio.labels for take in range(4)]
+    listed = {LISTED_FOR_VALIDATION: "validation"}
+    for split in SPLITS:
+        in_split = [path for path in good_wavs if assign_split(path, config=SplitConfig(), listed=listed) == split]
+        assert audio.splits[split].label_counts == {label: sum(p.startswith(label + "/") for p in in_split)
+                                                    for label in audio.labels}, split
+    assert len(audio.splits["train"].shards) > 1, "--shard_size_mb 0.1 should give several train shards"
+    for manifest in (audio, image):
+        folder = pathlib.Path(base_run.output_dir) / manifest.modality
+        listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
+        assert {path.name for path in folder.iterdir()} == listed | {MANIFEST_NAME}
+    summary = preprocess.format_summary(base_run)
+    assert "audio: 12 examples and 4 errors from 16 input files" in summary
+    assert "skipped 1 files in _ folders" in summary and "stray.wav: file is directly in the input root" in summary
+
+
+def without_created(manifest: DatasetManifest) -> dict:
+    return {**dataclasses.asdict(manifest), "created": None, "input_roots": None}
+
+
+def assert_same_dataset(first: pathlib.Path, second: pathlib.Path, *, second_gzipped: bool = False):
+    for modality in ("audio", "image"):
+        names = sorted(path.name for path in (first / modality).iterdir())
+        expected = [name + ".gz" if second_gzipped and name != MANIFEST_NAME else name for name in names]
+        assert sorted(path.name for path in (second / modality).iterdir()) == expected
+        for name, other in zip(names, expected):
+            if name == MANIFEST_NAME:
+                continue
+            data = (second / modality / other).read_bytes()
+            expected_bytes = (first / modality / name).read_bytes()
+            assert (gzip.decompress(data) if second_gzipped else data) == expected_bytes, name
+    assert (first / "errors.jsonl").read_bytes() == (second / "errors.jsonl").read_bytes()
+
+
+def test_two_worker_processes_write_byte_identical_shards(base_run, tree, tmp_path, runner_flags):
+    summary = run_pipeline(tree, tmp_path, *runner_flags["multi_processing"])
+
+    assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path)
+    for modality, manifest in summary.manifests.items():
+        assert without_created(manifest) == without_created(base_run.manifests[modality])
+
+
+TF_READER = """
+import json, sys
+import tensorflow as tf
+from beam_jobs.features import FEATURES
+
+spec = {f.name: tf.io.VarLenFeature(tf.int64) if f.length is None else
+        tf.io.FixedLenFeature([f.length], tf.string if f.kind == "bytes" else tf.int64) for f in FEATURES}
+read = {}
+for manifest_path in sys.argv[1:]:
+    manifest = json.load(open(manifest_path))
+    folder = manifest_path.rsplit("/", 1)[0]
+    files = [f"{folder}/{shard['path']}" for split in manifest["splits"].values() for shard in split["shards"]]
+    rows = []
+    for record in tf.data.TFRecordDataset(files, compression_type=manifest["compression"] or ""):
+        example = tf.io.parse_single_example(record, spec)
+        tensor = tf.io.decode_raw(example["tensor"][0], tf.dtypes.as_dtype(manifest["tensor_dtype"]))
+        tensor = tf.reshape(tensor, tf.sparse.to_dense(example["shape"]))
+        rows.append([example["id"][0].numpy().decode(), int(example["label"][0]), tensor.shape.as_list(),
+                     float(tf.reduce_sum(tf.cast(tensor, tf.float64)))])
+    read[manifest_path] = rows
+print(json.dumps(read))
+"""
+
+
+def test_gzip_shards_and_tf_data_read_the_same_examples(base_run, tree, tmp_path):
+    # The bundle-based runner is a third, independent way to run the same pipeline.
+    gzipped = run_pipeline(tree, tmp_path, "--runner=BundleBasedDirectRunner", "--compression=gzip")
+    assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path, second_gzipped=True)
+    assert gzipped.manifests["audio"].compression == "GZIP"
+
+    manifest_paths = [path for run in (base_run, gzipped) for path in run.manifest_paths.values()]
+    completed = subprocess.run([sys.executable, "-c", TF_READER, *manifest_paths], cwd=REPO, check=True,
+                               capture_output=True, text=True, timeout=120)
+    read_by_tf = json.loads(completed.stdout.strip().splitlines()[-1])
+
+    for run in (base_run, gzipped):
+        for modality, manifest in run.manifests.items():
+            examples = load_examples(pathlib.Path(run.output_dir), manifest)
+            expected = [[example["id"].decode(), int(example["label"][0]), manifest.tensor_shape,
+                         float(tensor_from_bytes(example["tensor"], dtype=manifest.tensor_dtype,
+                                                 shape=manifest.tensor_shape).sum(dtype=np.float64))]
+                        for split in manifest.splits for example in examples[split]]
+            got = read_by_tf[run.manifest_paths[modality]]
+            assert [row[:3] for row in got] == [row[:3] for row in expected]
+            np.testing.assert_allclose([row[3] for row in got], [row[3] for row in expected], rtol=1e-6)
+
+
+def test_rerun_with_other_shard_count_leaves_no_stale_shards(base_run, tree, tmp_path, runner_flags):
+    output_dir = tmp_path / "out"
+    shutil.copytree(base_run.output_dir, output_dir)
+    (output_dir / "audio" / ".tmp-train-00009.tfrecord").write_bytes(b"left by a crashed run")
+
+    summary = run_pipeline(tree, output_dir, "--num_shards=3", *runner_flags["in_memory"], modalities=("audio",))
+
+    manifest = summary.manifests["audio"]
+    listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
+    assert {path.name for path in (output_dir / "audio").iterdir()} == listed | {MANIFEST_NAME}
+    assert {shard.path for shard in manifest.splits["train"].shards} == {
+        f"train-0000{index}-of-00003.tfrecord" for index in range(3)}
+    assert sum(split.num_examples for split in manifest.splits.values()) == 12
+
+
+def test_fixed_labels_keep_their_order_and_reject_other_classes(tree, tmp_path, runner_flags):
+    summary = run_pipeline(tree, tmp_path, "--audio_labels=yes,no", *runner_flags["in_memory"],
+                           modalities=("audio",))
+
+    manifest = summary.manifests["audio"]
+    assert manifest.labels == ["yes", "no"]
+    unknown = sorted(row["path"] for row in summary.error_rows if "not in the fixed audio labels" in row["reason"])
+    assert unknown == sorted(str(path) for path in (tree / "speech" / "up").glob("*.wav"))
+    for examples in load_examples(tmp_path, manifest).values():
+        assert all(manifest.labels[e["label"][0]] == e["label_name"].decode() for e in examples)
+
+
+def test_a_modality_without_good_files_gets_an_empty_manifest(tmp_path, runner_flags):
+    (tmp_path / "in" / "cat").mkdir(parents=True)
+    (tmp_path / "in" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+    summary = preprocess.run([f"--image_root={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}",
+                              *runner_flags["in_memory"]], save_main_session=False)
+
+    manifest = summary.manifests["image"]
+    assert (manifest.labels, manifest.num_errors) == (["cat"], 1)
+    assert all(split.num_examples == 0 and split.shards == [] for split in manifest.splits.values())
+    assert [(row["path"], row["reason"]) for row in summary.error_rows] == [
+        (str(tmp_path / "in" / "cat" / "broken.png"), "not a PNG/JPEG/BMP/GIF/WEBP image")]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--window_ms=0.5"], "--window_ms"),
+    (["--max_audio_bytes=0"], "--max_audio_bytes"),
+    (["--validation_percent=60", "--test_percent=50"], "--validation_percent + --test_percent"),
+    (["--image_channels=2"], "--image_channels"),
+    (["--num_shards=0"], "--num_shards"),
+    (["--audio_labels=yes,,no"], "--audio_labels"),
+])
+def test_bad_flags_fail_at_start_naming_the_flag(flags, message, tree, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        preprocess.run([f"--audio_root={tree / 'speech'}", f"--output_dir={tmp_path}", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_missing_roots_fail_at_start(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        preprocess.run([f"--audio_root={tmp_path / 'nowhere'}", f"--output_dir={tmp_path}"])
+    assert "no files found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preprocess.run([f"--output_dir={tmp_path}"])
+    assert "--audio_root or --image_root" in capsys.readouterr().err
