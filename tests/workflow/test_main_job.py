@@ -1,0 +1,50 @@
+"""End to end: the main job in quick mode on tiny corpora, down to the report's pictures."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = ["dog", "yes", "zero"]
+
+
+def run_main_job(work_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "workflow.main", "--quick", "--work_dir", str(work_dir),
+         "--words", ",".join(WORDS), "--speakers_per_word", "30", "--festival_per_voice", "1", "--fashion_per_class", "12",
+         "--audio_epochs", "2", "--image_epochs", "2", "--predict_samples", "3"],
+        cwd=REPO, capture_output=True, text=True, check=False)
+
+
+def test_quick_main_job_writes_a_complete_report(tmp_path):
+    first = run_main_job(tmp_path)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+
+    report = tmp_path / "report"
+    page = (report / "index.html").read_text()
+    pictures = re.findall(r'<img src="([^"]+)"', page)
+    for word in WORDS:
+        assert f"word-{word}.png" in pictures, f"no waveform+spectrogram picture for {word!r}"
+    for expected in ("image-examples.png", "balance-audio.png", "balance-image.png",
+                     "audio-confusion-test.png", "audio-confusion-festival-test.png", "image-confusion-test.png",
+                     "audio-training_curves.png", "image-training_curves.png"):
+        assert expected in pictures, f"{expected} missing from the report"
+    for name in pictures:
+        with Image.open(report / name) as picture:
+            assert picture.width > 100 and picture.height > 100, f"{name} is {picture.size}"
+            assert len(set(np.asarray(picture.convert("L")).ravel().tolist())) > 2, f"{name} is blank"
+    assert "Pipeline errors (0)" in page
+    assert page.count("<h3>") >= 5, "expected three evaluations and two prediction tables"
+
+    metrics = json.loads((tmp_path / "models" / "image" / "metrics-test.json").read_text())
+    assert metrics["num_examples"] == 10 * 12, "Fashion-MNIST's official test images, 12 per class"
+    assert "accuracy, Fashion-MNIST, official test split" in first.stdout
+
+    second = run_main_job(tmp_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.stdout.count("up to date: skipped") == first.stdout.count("$ "), \
+        "a second run with nothing changed should skip every stage"

@@ -1,0 +1,1 @@
+"""The main job that ties beam_jobs and trainer together, and its HTML report."""

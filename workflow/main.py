@@ -1,0 +1,196 @@
+"""The main job: raw data to trained models and a visual report, on this machine.
+
+    python -m workflow.main [--quick]
+
+Each stage is the command a user could run by hand (it is printed before it
+runs) in its own process: Beam workers never import TensorFlow, and the
+`tfrecord` and TensorFlow protobufs never meet. A stage whose outputs are newer
+than its inputs and that ran with the same command is skipped, so a second run
+only redoes what changed.
+"""
+import argparse
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from beam_jobs.datasets import SPEECH_COMMANDS_WORDS
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    work_dir: Path  # data/, models/ and report/ are created below it
+    words: str | None  # comma-separated subset of the 30 Speech Commands words; None means all
+    speakers_per_word: int  # synthetic espeak-ng voices, each saying all 30 words once
+    festival_per_voice: int  # rate/pitch/volume settings of each installed festival voice
+    fashion_per_class: int | None  # None exports all 70,000 Fashion-MNIST images
+    audio_epochs: int
+    image_epochs: int
+    predict_samples: int  # held-out files per modality shown with their predictions
+
+    @property
+    def word_list(self) -> list[str]:
+        return self.words.split(",") if self.words else list(SPEECH_COMMANDS_WORDS)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.work_dir / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.work_dir / "models"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.work_dir / "report"
+
+
+FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5, fashion_per_class=None,
+                 audio_epochs=40, image_epochs=15, predict_samples=8)
+QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=40, festival_per_voice=2, fashion_per_class=300,
+                  audio_epochs=8, image_epochs=4, predict_samples=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    command: list[str]
+    inputs: list[Path]  # files whose change makes the stage run again
+    outputs: list[Path]  # files the stage writes; all must exist for it to be skipped
+    stamp: Path  # records the command the outputs were made with
+
+
+def build_stages(job: JobConfig) -> list[Stage]:
+    python = sys.executable
+    raw, records, models = job.data_dir / "raw", job.data_dir / "tfrecords", job.models_dir
+    festival_records = job.data_dir / "tfrecords-festival"
+    # FnApiRunner is what DirectRunner falls back to here; naming it skips a Prism download attempt.
+    beam_options = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+    fashion_limit = [] if job.fashion_per_class is None else ["--limit_per_class", str(job.fashion_per_class)]
+    words = [] if job.words is None else ["--words", job.words]
+    stages = [
+        Stage("speech-corpus", "Synthesizing the speech-commands corpus with espeak-ng",
+              [python, "-m", "beam_jobs.datasets", "speech-commands", "--out", str(raw / "speech"),
+               "--per_word", str(job.speakers_per_word), *words],
+              [], [raw / "speech" / "corpus.json"], raw / ".speech-corpus.stamp"),
+        Stage("festival-corpus", "Synthesizing the unseen-voices test set with festival",
+              [python, "-m", "beam_jobs.datasets", "festival-commands", "--out", str(raw / "festival"),
+               "--per_voice", str(job.festival_per_voice), *words],
+              [], [raw / "festival" / "corpus.json"], raw / ".festival-corpus.stamp"),
+        Stage("fashion-corpus", "Exporting Fashion-MNIST to per-class PNG folders",
+              [python, "-m", "beam_jobs.datasets", "fashion-mnist", "--out", str(raw / "fashion"), *fashion_limit],
+              [], [raw / "fashion" / "corpus.json"], raw / ".fashion-corpus.stamp"),
+        Stage("preprocess", "Beam pipeline: wavs and images to sharded TFRecords",
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(raw / "speech"),
+               "--image_root", str(raw / "fashion"), "--output_dir", str(records), *beam_options],
+              [raw / "speech" / "corpus.json", raw / "fashion" / "corpus.json"],
+              [records / "audio" / "dataset.json", records / "image" / "dataset.json"],
+              records / ".preprocess.stamp"),
+        Stage("preprocess-festival", "Beam pipeline: the festival voices to TFRecords, with the speech vocabulary",
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(raw / "festival"),
+               "--output_dir", str(festival_records), "--audio_labels", ",".join(sorted(job.word_list)),
+               *beam_options],
+              [raw / "festival" / "corpus.json", records / "audio" / "dataset.json"],
+              [festival_records / "audio" / "dataset.json"], festival_records / ".preprocess.stamp"),
+    ]
+    for modality, epochs in (("audio", job.audio_epochs), ("image", job.image_epochs)):
+        model_dir = models / modality
+        stages += [
+            Stage(f"train-{modality}", f"Training the seed CNN on the {modality} shards",
+                  [python, "-m", "trainer.train", "--data_dir", str(records / modality),
+                   "--model_dir", str(model_dir), "--epochs", str(epochs)],
+                  [records / modality / "dataset.json"], [model_dir / "model.keras"], model_dir / ".train.stamp"),
+            Stage(f"evaluate-{modality}", f"Evaluating the {modality} model on its test split",
+                  [python, "-m", "trainer.evaluate", "--model_dir", str(model_dir),
+                   "--data_dir", str(records / modality), "--split", "test"],
+                  [model_dir / "model.keras"], [model_dir / "metrics-test.json"], model_dir / ".evaluate.stamp"),
+        ]
+    stages += [
+        Stage("evaluate-festival", "Evaluating the speech model on voices it never heard (festival)",
+              [python, "-m", "trainer.evaluate", "--model_dir", str(models / "audio"),
+               "--data_dir", str(festival_records / "audio"), "--split", "test", "--tag", "festival"],
+              [models / "audio" / "model.keras", festival_records / "audio" / "dataset.json"],
+              [models / "audio" / "metrics-festival-test.json"], models / "audio" / ".evaluate-festival.stamp"),
+        Stage("report", "Writing the HTML report",
+              [python, "-m", "workflow.report", "--data_dir", str(job.data_dir), "--models_dir", str(models),
+               "--out", str(job.report_dir), "--predict_samples", str(job.predict_samples)],
+              [models / "audio" / "metrics-test.json", models / "image" / "metrics-test.json",
+               models / "audio" / "metrics-festival-test.json"],
+              [job.report_dir / "index.html"], job.report_dir / ".report.stamp"),
+    ]
+    return stages
+
+
+def is_up_to_date(stage: Stage) -> bool:
+    """True when every output exists, is newer than every input, and was made by the same command."""
+    if not stage.stamp.exists() or json.loads(stage.stamp.read_text()) != stage.command:
+        return False
+    if not all(output.exists() for output in stage.outputs):
+        return False
+    newest_input = max((path.stat().st_mtime for path in stage.inputs if path.exists()), default=0.0)
+    return min(output.stat().st_mtime for output in stage.outputs) >= newest_input
+
+
+def run_stage(stage: Stage, *, number: int, total: int) -> float:
+    """Runs one stage with its output streamed to this terminal; returns seconds taken."""
+    print(f"\n[{number}/{total}] {stage.description}\n  $ {shlex.join(stage.command)}", flush=True)
+    if is_up_to_date(stage):
+        print("  up to date: skipped", flush=True)
+        return 0.0
+    started = time.monotonic()
+    completed = subprocess.run(stage.command, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"stage {stage.name!r} failed with exit status {completed.returncode}; "
+                         f"run its command above on its own to investigate")
+    stage.stamp.parent.mkdir(parents=True, exist_ok=True)
+    stage.stamp.write_text(json.dumps(stage.command))
+    elapsed = time.monotonic() - started
+    print(f"  done in {elapsed:.0f} s", flush=True)
+    return elapsed
+
+
+def print_summary(job: JobConfig, *, seconds: float) -> None:
+    records = job.data_dir / "tfrecords"
+    print("\n=== soundsight: summary")
+    for modality in ("audio", "image"):
+        manifest = json.loads((records / modality / "dataset.json").read_text())
+        counts = ", ".join(f"{name} {split['num_examples']}" for name, split in sorted(manifest["splits"].items()))
+        print(f"{modality}: {len(manifest['labels'])} classes; examples: {counts}")
+    errors_path = records / "errors.jsonl"
+    error_rows = [line for line in errors_path.read_text().splitlines() if line.strip()]
+    print(f"pipeline errors: {len(error_rows)} (listed in {errors_path})")
+    for name, path in (("speech commands, test split", job.models_dir / "audio" / "metrics-test.json"),
+                       ("speech commands, unseen festival voices", job.models_dir / "audio" / "metrics-festival-test.json"),
+                       ("Fashion-MNIST, official test split", job.models_dir / "image" / "metrics-test.json")):
+        print(f"accuracy, {name}: {json.loads(path.read_text())['accuracy']:.4f}")
+    print(f"models: {job.models_dir}/audio, {job.models_dir}/image")
+    print(f"report: {(job.report_dir / 'index.html').resolve()}")
+    print(f"total time: {seconds / 60:.1f} min")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small corpora and few epochs, under ./quick: a first look in about 5 minutes")
+    overrides = parser.add_argument_group("overrides of the preset (full or --quick)")
+    overrides.add_argument("--work_dir", type=Path, help="where data/, models/ and report/ go")
+    overrides.add_argument("--words", help="comma-separated subset of the 30 words")
+    for field in ("speakers_per_word", "festival_per_voice", "fashion_per_class", "audio_epochs", "image_epochs", "predict_samples"):
+        overrides.add_argument(f"--{field}", type=int)
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    job = dataclasses.replace(preset, **{field.name: getattr(args, field.name) for field in dataclasses.fields(preset)
+                                         if getattr(args, field.name) is not None})
+    stages = build_stages(job)
+    started = time.monotonic()
+    for number, stage in enumerate(stages, start=1):
+        run_stage(stage, number=number, total=len(stages))
+    print_summary(job, seconds=time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
