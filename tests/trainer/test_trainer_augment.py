@@ -1,0 +1,133 @@
+"""trainer.augment: every op eagerly and inside Dataset.map, on a small spectrogram batch."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import augment
+from trainer.config import TrainConfig
+
+BATCH, FRAMES, BINS, CLASSES = 4, 20, 16, 3
+SILENCE = -13.8
+
+
+def spectrograms() -> np.ndarray:
+    """float32 [4, 20, 16]: silence with one loud block per clip, at frames 8-11 and bins 6-9."""
+    batch = np.full((BATCH, FRAMES, BINS), SILENCE, np.float32)
+    batch[:, 8:12, 6:10] = np.arange(1, BATCH + 1, dtype=np.float32)[:, None, None]
+    return batch
+
+
+def labels() -> np.ndarray:
+    return np.eye(CLASSES, dtype=np.float32)[[0, 1, 2, 0]]
+
+
+OPS = {
+    "time_shift": augment.make_time_shift(0.3),
+    "time_stretch": augment.make_time_stretch(0.3),
+    "freq_shift": augment.make_freq_shift(0.2),
+    "freq_stretch": augment.make_freq_stretch(0.3),
+    "time_warp": augment.make_warp(axis=1, max_fraction=0.15),
+    "freq_warp": augment.make_warp(axis=2, max_fraction=0.15),
+    "time_masks": augment.make_masks(axis=1, count=2, max_fraction=0.3),
+    "freq_masks": augment.make_masks(axis=2, count=2, max_fraction=0.3),
+    "noise_floor": augment.make_noise_floor(30.0),
+    "mixup": augment.make_mixup(0.4),
+    "all": augment.make_audio_augmentation(dataclasses.replace(TrainConfig(), noise_floor_db=30.0, mixup=0.4,
+                                                               time_warp=0.1, freq_warp=0.1)),
+}
+
+
+def run_eagerly_and_mapped(op):
+    eager = op(tf.constant(spectrograms()), tf.constant(labels()))
+    dataset = tf.data.Dataset.from_tensors((spectrograms(), labels())).map(op)
+    mapped = next(iter(dataset))
+    return [tensor.numpy() for tensor in eager], [tensor.numpy() for tensor in mapped], dataset.element_spec
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_keeps_shapes_dtypes_and_label_mass(name):
+    (eager_x, eager_y), (mapped_x, mapped_y), spec = run_eagerly_and_mapped(OPS[name])
+    for x, y in ((eager_x, eager_y), (mapped_x, mapped_y)):
+        assert x.shape == (BATCH, FRAMES, BINS) and x.dtype == np.float32, name
+        assert np.all(np.isfinite(x)), name
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5, err_msg=name)
+    assert spec[0].shape == (BATCH, FRAMES, BINS) and spec[0].dtype == tf.float32
+
+
+def test_zero_parameters_turn_ops_off():
+    assert augment.make_time_shift(0) is None and augment.make_mixup(0) is None
+    assert augment.make_masks(axis=1, count=0, max_fraction=0.5) is None
+    off = dataclasses.replace(TrainConfig(), time_shift=0, time_stretch=0, freq_shift=0, freq_stretch=0,
+                              time_warp=0, freq_warp=0, time_masks=0, freq_masks=0, noise_floor_db=0, mixup=0)
+    assert augment.make_audio_augmentation(off) is None
+
+
+def test_time_shift_moves_the_block_and_fills_with_silence():
+    for x, _ in run_eagerly_and_mapped(OPS["time_shift"])[:2]:
+        loud_frames = [np.flatnonzero(clip.max(axis=1) > 0) for clip in x]
+        for clip, frames in zip(x, loud_frames):
+            assert 2 <= len(frames) <= 5, "a shift keeps the block's length (+1 for interpolation)"
+            assert clip.min() == pytest.approx(SILENCE), "frames shifted in are silence"
+            np.testing.assert_array_equal(np.flatnonzero(clip.max(axis=0) > 0), np.arange(6, 10))
+
+
+def test_freq_shift_moves_bins_only():
+    for x, _ in run_eagerly_and_mapped(OPS["freq_shift"])[:2]:
+        for clip in x:
+            np.testing.assert_array_equal(np.flatnonzero(clip.max(axis=1) > 0), np.arange(8, 12))
+            assert 3 <= len(np.flatnonzero(clip.max(axis=0) > 0)) <= 5
+
+
+def test_stretches_keep_the_block_near_its_anchor():
+    time_stretched, _ = OPS["time_stretch"](tf.constant(spectrograms()), tf.constant(labels()))
+    for clip in time_stretched.numpy():
+        frames = np.flatnonzero(clip.max(axis=1) > 0)
+        assert abs(frames.mean() - 9.5) <= 1.5, "time stretches about the centre"
+    freq_stretched, _ = OPS["freq_stretch"](tf.constant(spectrograms()), tf.constant(labels()))
+    for clip in freq_stretched.numpy():
+        bins = np.flatnonzero(clip.max(axis=0) > 0)
+        assert 4 <= bins.min() and bins.max() <= 12, "the mel axis scales about bin 0"
+
+
+def test_warps_move_the_middle_and_keep_the_ends():
+    ramp = np.broadcast_to(np.arange(FRAMES, dtype=np.float32)[None, :, None], (BATCH, FRAMES, BINS)).copy()
+    for axis in (1, 2):
+        batch = ramp if axis == 1 else np.swapaxes(ramp[:, :BINS, :FRAMES], 1, 2).copy()
+        op = OPS["time_warp" if axis == 1 else "freq_warp"]
+        for x in (op(tf.constant(batch), tf.constant(labels()))[0].numpy(),
+                  next(iter(tf.data.Dataset.from_tensors((batch, labels())).map(op)))[0].numpy()):
+            profile = x[:, :, 0] if axis == 1 else x[:, 0, :]
+            expected = batch[:, :, 0] if axis == 1 else batch[:, 0, :]
+            np.testing.assert_allclose(profile[:, [0, -1]], expected[:, [0, -1]], atol=1e-4)
+            assert np.all(np.diff(profile, axis=1) >= -1e-4), "a warp keeps the order of frames / bins"
+            assert not np.allclose(profile, expected), "the middle moves"
+
+
+def test_masks_set_whole_bands_to_the_clip_mean():
+    batch = np.random.default_rng(0).normal(size=(BATCH, FRAMES, BINS)).astype(np.float32)
+    for axis, op in ((1, OPS["time_masks"]), (2, OPS["freq_masks"])):
+        for x in (op(tf.constant(batch), tf.constant(labels()))[0].numpy(),
+                  next(iter(tf.data.Dataset.from_tensors((batch, labels())).map(op)))[0].numpy()):
+            changed = x != batch
+            other_axis = 2 if axis == 1 else 1
+            assert np.all(changed.any(axis=other_axis) == changed.all(axis=other_axis)), "masks span whole bands"
+            assert changed.sum(axis=(1, 2)).max() <= 2 * int(0.3 * batch.shape[axis]) * batch.shape[other_axis]
+            means = batch.mean(axis=(1, 2))
+            for clip, mask, mean in zip(x, changed, means):
+                np.testing.assert_allclose(clip[mask], mean, rtol=1e-5)
+
+
+def test_noise_floor_raises_silence_and_keeps_the_peak():
+    for x, _ in run_eagerly_and_mapped(OPS["noise_floor"])[:2]:
+        assert np.all(x >= spectrograms() - 1e-5), "adding noise power never lowers a bin"
+        np.testing.assert_allclose(x.max(axis=(1, 2)), spectrograms().max(axis=(1, 2)), atol=0.2)
+        assert np.median(x[:, :5]) > SILENCE + 1, "silence now holds noise"
+
+
+def test_mixup_mixes_inputs_and_labels_with_one_weight():
+    x, y = (tensor.numpy() for tensor in OPS["mixup"](tf.constant(spectrograms()), tf.constant(labels())))
+    peaks = x[:, 8:12, 6:10].mean(axis=(1, 2))
+    assert np.all((peaks >= 1 - 1e-4) & (peaks <= BATCH + 1e-4)), "a convex mix of the clips' block levels"
+    assert np.all(y >= 0) and np.all(y <= 1)

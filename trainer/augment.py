@@ -1,0 +1,215 @@
+"""Training-only augmentations of log-mel spectrogram batches, as small factories.
+
+Each `make_*` returns `op(spectrograms, labels) -> (spectrograms, labels)` on a
+batch: spectrograms float32 [batch, frames, bins] (natural-log power, as stored),
+labels float32 one-hot [batch, classes]. Every example draws its own random
+parameters. They run inside `Dataset.map` after batching, so they are vectorised
+over the batch; a parameter of 0 makes the factory return None (no op).
+"""
+from typing import Callable
+
+import tensorflow as tf
+
+from trainer.config import TrainConfig
+
+_DB_TO_LOG_POWER = 0.2302585  # ln(10) / 10: the spectrogram is ln(power), dB is 10 log10(power)
+
+
+def make_time_shift(max_fraction: float) -> Callable | None:
+    """Shifts each clip by up to max_fraction of its frames either way, filling with its quietest value."""
+    if not max_fraction:
+        return None
+
+    def time_shift(spectrograms, labels):
+        frames = tf.cast(tf.shape(spectrograms)[1], tf.float32)
+        shift = _uniform_per_example(spectrograms, -max_fraction, max_fraction) * frames
+        positions = _affine_positions(spectrograms, axis=1, scale=tf.ones_like(shift), shift=shift, about_centre=True)
+        return _resample(spectrograms, axis=1, positions=positions, fill_silence=True), labels
+
+    return time_shift
+
+
+def make_time_stretch(max_deviation: float) -> Callable | None:
+    """Stretches each clip in time about its centre by a factor in [1 - d, 1 + d] (speaking rate)."""
+    if not max_deviation:
+        return None
+
+    def time_stretch(spectrograms, labels):
+        scale = _uniform_per_example(spectrograms, 1 - max_deviation, 1 + max_deviation)
+        positions = _affine_positions(spectrograms, axis=1, scale=scale, shift=tf.zeros_like(scale), about_centre=True)
+        return _resample(spectrograms, axis=1, positions=positions, fill_silence=True), labels
+
+    return time_stretch
+
+
+def make_freq_shift(max_fraction: float) -> Callable | None:
+    """Moves each clip up or down by up to max_fraction of its mel bins (pitch and formant offsets)."""
+    if not max_fraction:
+        return None
+
+    def freq_shift(spectrograms, labels):
+        bins = tf.cast(tf.shape(spectrograms)[2], tf.float32)
+        shift = _uniform_per_example(spectrograms, -max_fraction, max_fraction) * bins
+        positions = _affine_positions(spectrograms, axis=2, scale=tf.ones_like(shift), shift=shift, about_centre=True)
+        return _resample(spectrograms, axis=2, positions=positions, fill_silence=False), labels
+
+    return freq_shift
+
+
+def make_freq_stretch(max_deviation: float) -> Callable | None:
+    """Scales each clip's mel axis about bin 0 by a factor in [1 - d, 1 + d] (vocal tract length)."""
+    if not max_deviation:
+        return None
+
+    def freq_stretch(spectrograms, labels):
+        scale = _uniform_per_example(spectrograms, 1 - max_deviation, 1 + max_deviation)
+        positions = _affine_positions(spectrograms, axis=2, scale=scale, shift=tf.zeros_like(scale), about_centre=False)
+        return _resample(spectrograms, axis=2, positions=positions, fill_silence=False), labels
+
+    return freq_stretch
+
+
+def make_warp(*, axis: int, max_fraction: float) -> Callable | None:
+    """Warps `axis` (1 time, 2 frequency) piecewise-linearly: a random point moves by up to max_fraction.
+
+    In time, one part of a word gets longer and the rest shorter (a different rhythm); in
+    frequency, one band of formants moves more than the others (a different voice).
+    """
+    if not max_fraction:
+        return None
+
+    def warp(spectrograms, labels):
+        positions = _piecewise_positions(spectrograms, axis=axis, max_fraction=max_fraction)
+        return _resample(spectrograms, axis=axis, positions=positions, fill_silence=False), labels
+
+    return warp
+
+
+def make_masks(*, axis: int, count: int, max_fraction: float) -> Callable | None:
+    """SpecAugment: `count` bands of up to max_fraction of `axis` (1 time, 2 frequency) set to the clip's mean."""
+    if not count or not max_fraction:
+        return None
+
+    def masks(spectrograms, labels):
+        batch, length = tf.shape(spectrograms)[0], tf.shape(spectrograms)[axis]
+        length_f = tf.cast(length, tf.float32)
+        widths = tf.floor(tf.random.uniform([batch, count, 1], 0, max_fraction * length_f + 1))
+        starts = tf.floor(tf.random.uniform([batch, count, 1]) * (length_f - widths + 1))
+        positions = tf.cast(tf.range(length), tf.float32)[None, None, :]
+        masked = tf.reduce_any((positions >= starts) & (positions < starts + widths), axis=1)  # [batch, length]
+        masked = masked[:, :, None] if axis == 1 else masked[:, None, :]
+        mean = tf.reduce_mean(spectrograms, axis=[1, 2], keepdims=True)
+        return tf.where(masked, mean, spectrograms), labels
+
+    return masks
+
+
+def make_noise_floor(max_db_below_peak: float) -> Callable | None:
+    """Adds a flat random noise floor between max_db_below_peak and 20 dB lower, below each clip's peak.
+
+    Synthesizers and microphones differ most in their silences: this hides the difference.
+    """
+    if not max_db_below_peak:
+        return None
+
+    def noise_floor(spectrograms, labels):
+        below_peak = _uniform_per_example(spectrograms, max_db_below_peak, max_db_below_peak + 20)
+        level = tf.reduce_max(spectrograms, axis=[1, 2]) - below_peak * _DB_TO_LOG_POWER
+        # ln of an exponential (chi-square, 2 dof) power: the per-bin fluctuation of white noise.
+        jitter = tf.math.log(-tf.math.log(tf.random.uniform(tf.shape(spectrograms), 1e-6, 1.0)))
+        noise = level[:, None, None] + jitter
+        return tf.math.reduce_logsumexp(tf.stack([spectrograms, noise]), axis=0), labels
+
+    return noise_floor
+
+
+def make_mixup(alpha: float) -> Callable | None:
+    """Mixes each example with another of the batch (inputs and labels), weight ~ Beta(alpha, alpha)."""
+    if not alpha:
+        return None
+
+    def mixup(spectrograms, labels):
+        batch = tf.shape(spectrograms)[0]
+        first = tf.random.gamma([batch], alpha)
+        weight = first / (first + tf.random.gamma([batch], alpha))
+        partner = tf.random.shuffle(tf.range(batch))
+
+        def mix(values, weights):
+            return weights * values + (1 - weights) * tf.gather(values, partner)
+
+        return mix(spectrograms, weight[:, None, None]), mix(labels, weight[:, None])
+
+    return mixup
+
+
+def make_audio_augmentation(config: TrainConfig) -> Callable | None:
+    """All enabled augmentations of `config`, in order: warps, noise, masks, mixup; None if none is."""
+    ops = [op for op in (
+        make_time_stretch(config.time_stretch),
+        make_time_shift(config.time_shift),
+        make_freq_stretch(config.freq_stretch),
+        make_freq_shift(config.freq_shift),
+        make_warp(axis=1, max_fraction=config.time_warp),
+        make_warp(axis=2, max_fraction=config.freq_warp),
+        make_noise_floor(config.noise_floor_db),
+        make_masks(axis=1, count=config.time_masks, max_fraction=config.time_mask_width),
+        make_masks(axis=2, count=config.freq_masks, max_fraction=config.freq_mask_width),
+        make_mixup(config.mixup),
+    ) if op is not None]
+    if not ops:
+        return None
+
+    def augment(spectrograms, labels):
+        for op in ops:
+            spectrograms, labels = op(spectrograms, labels)
+        return spectrograms, labels
+
+    return augment
+
+
+def _uniform_per_example(spectrograms, low: float, high: float):
+    return tf.random.uniform([tf.shape(spectrograms)[0]], low, high)
+
+
+def _affine_positions(spectrograms, *, axis: int, scale, shift, about_centre: bool):
+    """Source positions (i - c) * scale + c - shift, [batch, length], c the axis' centre or 0."""
+    last = tf.cast(tf.shape(spectrograms)[axis] - 1, tf.float32)
+    centre = last / 2 if about_centre else 0.0
+    index = tf.cast(tf.range(tf.shape(spectrograms)[axis]), tf.float32)[None, :]
+    return (index - centre) * scale[:, None] + centre - shift[:, None]
+
+
+def _piecewise_positions(spectrograms, *, axis: int, max_fraction: float):
+    """Source positions [batch, length] that move a random anchor (middle half of the axis) by up to
+    max_fraction of the axis and stretch both sides linearly to fit; the ends stay put."""
+    last = tf.cast(tf.shape(spectrograms)[axis] - 1, tf.float32)
+    anchor = _uniform_per_example(spectrograms, 0.25, 0.75)[:, None] * last
+    moved = anchor + _uniform_per_example(spectrograms, -max_fraction, max_fraction)[:, None] * last
+    index = tf.cast(tf.range(tf.shape(spectrograms)[axis]), tf.float32)[None, :]
+    before = index * anchor / moved
+    after = anchor + (index - moved) * (last - anchor) / (last - moved)
+    return tf.where(index <= moved, before, after)
+
+
+def _resample(spectrograms, *, axis: int, positions, fill_silence: bool):
+    """Reads `axis` of [batch, frames, bins] at fractional source positions [batch, length], linearly.
+
+    Positions outside the axis take the clip's minimum when fill_silence, else the nearest edge value.
+    """
+    last = tf.cast(tf.shape(spectrograms)[axis] - 1, tf.float32)
+    clipped = tf.clip_by_value(positions, 0.0, last)
+    low = tf.floor(clipped)
+    high = tf.minimum(low + 1, last)
+    weight = clipped - low
+
+    def gather(indices):
+        return tf.gather(spectrograms, tf.cast(indices, tf.int32), axis=axis, batch_dims=1)
+
+    def along_axis(values):  # [batch, length] -> broadcastable against [batch, frames, bins]
+        return values[:, :, None] if axis == 1 else values[:, None, :]
+
+    warped = gather(low) * (1 - along_axis(weight)) + gather(high) * along_axis(weight)
+    if not fill_silence:
+        return warped
+    outside = along_axis((positions < 0) | (positions > last))
+    return tf.where(outside, tf.reduce_min(spectrograms, axis=[1, 2], keepdims=True), warped)

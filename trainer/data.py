@@ -1,0 +1,132 @@
+"""tf.data input pipeline: the Beam pipeline's TFRecord shards to (tensor, one-hot label) batches.
+
+The `tf.io.parse_example` spec is built from `beam_jobs.features.FEATURES`, the
+schema the pipeline encoded with, so reader and writer cannot drift apart.
+Files are read with `tf.io.gfile` / `TFRecordDataset`, so `gs://` paths work.
+Normalization lives in the model (serving then needs no extra code), so the
+batches hold the stored tensors: float32 spectrograms or uint8 images.
+"""
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from beam_jobs.features import FEATURES
+from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+
+AUTOTUNE = tf.data.AUTOTUNE
+TRAINING_FEATURES = ("tensor", "label")
+SPLITS = ("train", "validation", "test")
+_INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
+_TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
+
+
+def load_manifest(data_dir: str) -> DatasetManifest:
+    """The DatasetManifest in `data_dir` (local or gs://); FileNotFoundError names the missing file."""
+    path = tf.io.gfile.join(data_dir, MANIFEST_NAME)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: --data_dir must be a folder written by beam_jobs.preprocess, "
+                                f"e.g. OUT/audio or OUT/image")
+    with tf.io.gfile.GFile(path) as manifest_file:
+        return DatasetManifest.from_json(manifest_file.read())
+
+
+def shard_paths(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]) -> list[str]:
+    """Full paths of the shards of `splits`, in manifest order; ValueError for an unknown split."""
+    paths = []
+    for split in splits:
+        if split not in manifest.splits:
+            raise ValueError(f"split {split!r} is not in the dataset at {data_dir}: "
+                             f"it has {sorted(manifest.splits)}")
+        paths += [tf.io.gfile.join(data_dir, shard.path) for shard in manifest.splits[split].shards]
+    return paths
+
+
+def parse_spec(names: Iterable[str] = TRAINING_FEATURES) -> dict:
+    """A `tf.io.parse_example` spec for the named FEATURES: scalars, fixed-length or ragged."""
+    spec = {}
+    for feature in FEATURES:
+        if feature.name not in names:
+            continue
+        dtype = _TF_DTYPES[feature.kind]
+        if feature.length is None:
+            spec[feature.name] = tf.io.RaggedFeature(dtype)
+        else:
+            spec[feature.name] = tf.io.FixedLenFeature([] if feature.length == 1 else [feature.length], dtype)
+    return spec
+
+
+def make_parse(names: Iterable[str] = TRAINING_FEATURES) -> Callable:
+    """serialized string [batch] -> {name: tensor [batch, ...]} for the named features."""
+    spec = parse_spec(names)
+
+    def parse(serialized):
+        return tf.io.parse_example(serialized, spec)
+
+    return parse
+
+
+def make_decode(*, dtype: str, shape: Iterable[int], num_classes: int) -> Callable:
+    """{"tensor": string [batch], "label": int64 [batch]} -> (dtype [batch, *shape], float32 [batch, num_classes]).
+
+    `dtype` is the manifest's numpy name; the stored bytes are little-endian.
+    """
+    shape = list(shape)
+
+    def decode(features):
+        flat = tf.io.decode_raw(features["tensor"], tf.dtypes.as_dtype(dtype), little_endian=True)
+        # The batch size taken from the input's shape keeps a static batch dimension static.
+        tensor = tf.reshape(flat, tf.concat([tf.shape(flat)[:1], shape], axis=0))
+        return tensor, tf.one_hot(features["label"], num_classes, dtype=tf.float32)
+
+    return decode
+
+
+def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str], batch_size: int,
+                 training: bool, shuffle_buffer: int | None = None, seed: int | None = None, cache: bool = False,
+                 augment: Callable | None = None) -> tf.data.Dataset:
+    """Batches of (tensor [batch, *manifest.tensor_shape] of manifest.tensor_dtype, one-hot float32 [batch, C]).
+
+    training=True shuffles shards and then examples in a buffer of `shuffle_buffer`
+    examples (differently every epoch), reads shards in a non-deterministic order,
+    drops the last partial batch and applies `augment` ((tensor, label) -> (tensor,
+    label) on a batch); otherwise every example comes exactly once, in manifest order.
+    """
+    if training and not shuffle_buffer:
+        raise ValueError("a training dataset needs shuffle_buffer >= 1")
+    splits = list(splits)
+    paths = shard_paths(manifest=manifest, data_dir=data_dir, splits=splits)
+    num_examples = sum(manifest.splits[split].num_examples for split in splits)
+    if not paths or num_examples == 0:
+        raise ValueError(f"split(s) {splits} of the dataset at {data_dir} hold no examples")
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if training:
+        # A new shard order every epoch mixes examples beyond what the shuffle buffer holds.
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    records = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.compression or ""),
+        cycle_length=min(len(paths), _INTERLEAVE_CYCLE), num_parallel_calls=AUTOTUNE,
+        deterministic=not training)  # training takes whichever shard is ready first
+    # The manifest's counts give Keras exact epoch lengths, and fail loudly if shards and manifest disagree.
+    records = records.apply(tf.data.experimental.assert_cardinality(num_examples))
+    if cache:
+        # Serialized records, before the shuffle, so every epoch is still shuffled anew.
+        records = records.cache()
+    if training:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # Batch before parsing: one parse_example per batch is far cheaper than one per example;
+    # dropping the remainder gives training static batch shapes.
+    batches = records.batch(batch_size, drop_remainder=training)
+    batches = batches.map(make_parse(), num_parallel_calls=AUTOTUNE)
+    batches = batches.map(make_decode(dtype=manifest.tensor_dtype, shape=manifest.tensor_shape,
+                                      num_classes=len(manifest.labels)), num_parallel_calls=AUTOTUNE)
+    if training and augment is not None:
+        batches = batches.map(augment, num_parallel_calls=AUTOTUNE)
+    return batches.prefetch(AUTOTUNE)
+
+
+def shuffle_buffer_size(*, manifest: DatasetManifest, megabytes: float) -> int:
+    """Examples of the training split that fit in `megabytes` (their stored tensors), at least one."""
+    example_bytes = np.dtype(manifest.tensor_dtype).itemsize * math.prod(manifest.tensor_shape)
+    return int(max(1, min(manifest.splits["train"].num_examples, megabytes * 2**20 // example_bytes)))

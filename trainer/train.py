@@ -1,0 +1,207 @@
+"""Trains a classifier on the TFRecords of one `beam_jobs.preprocess` output folder.
+
+    python -m trainer.train --data_dir out/audio --model_dir models/audio [--epochs 40 --model seed ...]
+
+Everything about the data (labels, tensor shape, counts, shards, featurization)
+comes from its dataset.json. Writes into --model_dir:
+  model.keras        the best model by validation accuracy (the checkpoint)
+  saved_model/       the same model exported for serving: stored tensor batch -> probabilities
+  dataset.json       the training manifest: label vocabulary and featurization for prediction
+  history.json       per-epoch metrics and seconds; written last, it marks the run finished
+  train_config.json  the settings of the run, checked when an interrupted run is resumed
+  logs/              TensorBoard
+  backup/            BackupAndRestore state while training (removed when finished)
+Killed mid-training, the same command resumes from the last finished epoch; a
+finished run is not retrained unless --overwrite.
+"""
+import argparse
+import csv
+import dataclasses
+import functools
+import json
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from beam_jobs.manifest import MANIFEST_NAME
+from trainer import config as config_lib
+from trainer.augment import make_audio_augmentation
+from trainer.data import load_manifest, make_dataset, shuffle_buffer_size
+from trainer.model import build_model
+from trainer.predict import SAVED_MODEL_DIR
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+EPOCH_LOG = "epochs.csv"  # appended epoch by epoch, so it survives resumes (Keras' History does not)
+BACKUP_DIR = "backup"
+LOG_DIR = "logs"
+MONITOR = "val_accuracy"
+
+
+def train(*, data_dir: str, model_dir: str, config: config_lib.TrainConfig, overwrite: bool = False) -> dict:
+    """Trains (or resumes) and writes the model_dir artifacts; returns the history dict."""
+    path = functools.partial(tf.io.gfile.join, model_dir)
+    manifest = load_manifest(data_dir)
+    for split in ("train", "validation"):
+        if split not in manifest.splits or manifest.splits[split].num_examples == 0:
+            raise ValueError(f"the dataset at {data_dir} has no {split} examples; training needs both "
+                             f"train and validation")
+    if overwrite:
+        _remove_run(model_dir)
+    elif tf.io.gfile.exists(path(HISTORY_FILE)):
+        history = _read_json(path(HISTORY_FILE))
+        print(f"{model_dir} is already trained (best {MONITOR} {history['best_val_accuracy']:.4f}); "
+              f"pass --overwrite to train it again.")
+        return history
+    run_settings = {"data_dir": data_dir, "dataset_created": manifest.created, "config": dataclasses.asdict(config)}
+    _check_resumable(path(TRAIN_CONFIG_FILE), run_settings)
+    tf.io.gfile.makedirs(model_dir)
+    _write_json(path(TRAIN_CONFIG_FILE), run_settings)
+
+    keras.utils.set_random_seed(config.seed)
+    augment = make_audio_augmentation(config) if manifest.modality == "audio" else None
+    train_data = make_dataset(manifest=manifest, data_dir=data_dir, splits=["train"], batch_size=config.batch_size,
+                              training=True, seed=config.seed,
+                              shuffle_buffer=shuffle_buffer_size(manifest=manifest, megabytes=config.shuffle_buffer_mb),
+                              cache=config.cache, augment=augment)
+    validation_data = make_dataset(manifest=manifest, data_dir=data_dir, splits=["validation"],
+                                   batch_size=config.batch_size, training=False)
+    steps = manifest.splits["train"].num_examples // config.batch_size
+    model = build_model(name=config.model, modality=manifest.modality, shape=manifest.tensor_shape,
+                        num_classes=len(manifest.labels), learning_rate=config.learning_rate,
+                        decay_steps=config.epochs * steps if config.schedule == "cosine" else 0,
+                        label_smoothing=config.label_smoothing)
+    counts = ", ".join(f"{split} {info.num_examples}" for split, info in manifest.splits.items())
+    print(f"Training the {config.model} network on {data_dir}: {manifest.modality}, {len(manifest.labels)} labels, "
+          f"examples {counts}; input {manifest.tensor_dtype} {manifest.tensor_shape}; "
+          f"augmentation {'on' if augment else 'off'}; up to {config.epochs} epochs of "
+          f"{steps} batches of {config.batch_size}, {config.schedule} learning rate from {config.learning_rate}.")
+    model.summary()
+    best_so_far = max((epoch[MONITOR] for epoch in _read_epoch_log(path(EPOCH_LOG))), default=None)
+    resumed_epoch = _backed_up_epoch(path(BACKUP_DIR))
+    if resumed_epoch:
+        print(f"Resuming {model_dir} after epoch {resumed_epoch} (best {MONITOR} so far {best_so_far:.4f}).")
+    callbacks = [
+        _EpochTimer(),  # first, so that the epoch log below records the seconds
+        # The checkpoint is the final model; its threshold carries the best score across resumes.
+        keras.callbacks.ModelCheckpoint(path(MODEL_FILE), monitor=MONITOR, mode="max", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience),
+        keras.callbacks.CSVLogger(path(EPOCH_LOG), append=True),
+        keras.callbacks.TensorBoard(path(LOG_DIR)),
+        # Last, so an epoch counts as done only once everything above has recorded it; kept after
+        # fit, so that a kill during the export below does not restart training from scratch.
+        keras.callbacks.BackupAndRestore(path(BACKUP_DIR), delete_checkpoint=False, double_checkpoint=True),
+    ]
+    model.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=callbacks,
+              shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a Dataset anyway
+              verbose=1 if sys.stdout.isatty() else 2)
+
+    # The best checkpoint, not EarlyStopping(restore_best_weights): that only knows this process' epochs.
+    best_model = keras.saving.load_model(path(MODEL_FILE))
+    best_model.export(path(SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+    tf.io.gfile.copy(tf.io.gfile.join(data_dir, MANIFEST_NAME), path(MANIFEST_NAME), overwrite=True)
+    history = _history(_read_epoch_log(path(EPOCH_LOG)))
+    _write_json(path(HISTORY_FILE), history)
+    tf.io.gfile.rmtree(path(BACKUP_DIR))
+    print(f"Done: best {MONITOR} {history['best_val_accuracy']:.4f} at epoch {history['best_epoch']} of "
+          f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training). Wrote {path(MODEL_FILE)}, "
+          f"{path(SAVED_MODEL_DIR)}, {path(MANIFEST_NAME)}, {path(HISTORY_FILE)}; TensorBoard logs in "
+          f"{path(LOG_DIR)}.")
+    return history
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds the epoch's wall-clock seconds to the logs, for the epoch log and history.json."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["seconds"] = time.monotonic() - self._start
+
+
+def _backed_up_epoch(backup_dir: str) -> int:
+    """Epochs finished according to BackupAndRestore's metadata: where fit() will resume; 0 if none."""
+    metadata_path = tf.io.gfile.join(backup_dir, "training_metadata.json")
+    return _read_json(metadata_path)["epoch"] if tf.io.gfile.exists(metadata_path) else 0
+
+
+def _check_resumable(settings_path: str, run_settings: dict) -> None:
+    if not tf.io.gfile.exists(settings_path):
+        return
+    previous = _read_json(settings_path)
+    if previous != json.loads(json.dumps(run_settings)):
+        changed = [f"{key}: {previous['config'].get(key)!r} -> {value!r}"
+                   for key, value in run_settings["config"].items() if previous["config"].get(key) != value]
+        changed += [f"{key}: {previous.get(key)!r} -> {run_settings[key]!r}"
+                    for key in ("data_dir", "dataset_created") if previous.get(key) != run_settings[key]]
+        raise config_lib.ConfigError(
+            f"{settings_path} holds an unfinished run with other settings ({'; '.join(changed)}): "
+            f"rerun with the same flags to resume it, or pass --overwrite to start over")
+
+
+def _remove_run(model_dir: str) -> None:
+    """Deletes what train and evaluate write into model_dir, nothing else."""
+    names = [MODEL_FILE, SAVED_MODEL_DIR, MANIFEST_NAME, HISTORY_FILE, TRAIN_CONFIG_FILE, EPOCH_LOG, BACKUP_DIR,
+             LOG_DIR, "metrics-*.json", "confusion-*.png", "training_curves.png"]
+    for name in names:
+        for match in tf.io.gfile.glob(tf.io.gfile.join(model_dir, name)):
+            if tf.io.gfile.isdir(match):
+                tf.io.gfile.rmtree(match)
+            else:
+                tf.io.gfile.remove(match)
+
+
+def _read_epoch_log(log_path: str) -> list[dict]:
+    """Rows of the epoch log as dicts of floats (epoch an int, 0-based); a repeated epoch keeps its last row."""
+    if not tf.io.gfile.exists(log_path):
+        return []
+    with tf.io.gfile.GFile(log_path) as log_file:
+        rows = {}
+        for row in csv.DictReader(log_file):
+            rows[int(row["epoch"])] = {key: int(value) if key == "epoch" else float(value)
+                                       for key, value in row.items()}
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def _history(epochs: list[dict]) -> dict:
+    """Per-metric lists (Keras History style, epochs 1-based) plus the best epoch and total seconds."""
+    history = {key: [row[key] for row in epochs] for key in epochs[0]}
+    history["epoch"] = [epoch + 1 for epoch in history["epoch"]]
+    best = max(range(len(epochs)), key=lambda i: (history[MONITOR][i], -i))
+    history.update(best_epoch=history["epoch"][best], best_val_accuracy=history[MONITOR][best],
+                   total_seconds=sum(history["seconds"]))
+    return history
+
+
+def _read_json(json_path: str) -> dict:
+    with tf.io.gfile.GFile(json_path) as json_file:
+        return json.load(json_file)
+
+
+def _write_json(json_path: str, value: dict) -> None:
+    with tf.io.gfile.GFile(json_path, "w") as json_file:
+        json_file.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="a beam_jobs.preprocess output folder holding dataset.json")
+    parser.add_argument("--model_dir", required=True, help="where the model, logs and checkpoints go")
+    parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
+    config_lib.add_flags(parser)
+    flags = parser.parse_args(argv)
+    try:
+        config = config_lib.from_flags(flags)
+    except config_lib.ConfigError as error:
+        parser.error(str(error))
+    train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
