@@ -2,15 +2,17 @@
 
 A file's split depends only on its path relative to its input root, the split
 lists at that root and the manifest's `split_config` (`beam_jobs.splits`), so
-the app finds the test set in the raw folders the manifest names and never
-needs the `tfrecord` package next to TensorFlow.
+the app finds the test set in the raw folders the manifest names. The tree's
+rules come from `beam_jobs.layout`, which, unlike `beam_jobs.transforms`, never
+brings the `tfrecord` package next to TensorFlow.
 """
 import dataclasses
 from pathlib import Path
 
 from beam_jobs.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, SplitConfig
+from beam_jobs.layout import classify, read_split_lists
 from beam_jobs.manifest import DatasetManifest
-from beam_jobs.splits import LIST_FILES, assign_split
+from beam_jobs.splits import assign_split
 
 EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
 
@@ -22,21 +24,13 @@ class Sample:
     label: str  # the class folder the file is in
 
 
-def read_listed_splits(root: Path) -> dict[str, str]:
-    """{relative path: split} from the split lists at `root`; absent lists count as empty.
+def _read_local_text(path: str) -> str | None:
+    return Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
 
-    Reads the lists as beam_jobs.transforms.read_split_lists does, which cannot be
-    imported here: it brings the `tfrecord` package, whose protobufs clash with TensorFlow's.
-    """
-    listed = {}
-    for split, list_name in LIST_FILES.items():
-        list_path = root / list_name
-        if not list_path.is_file():
-            continue
-        for relative_path in filter(None, (line.strip() for line in list_path.read_text().splitlines())):
-            if listed.setdefault(relative_path, split) != split:
-                raise ValueError(f"{relative_path} is listed in more than one split list under {root}")
-    return listed
+
+def read_listed_splits(root: Path) -> dict[str, str]:
+    """{relative path: split} from the split lists at `root`; absent lists count as empty."""
+    return read_split_lists(root.as_posix(), read_text=_read_local_text)
 
 
 def list_split_samples(root: Path, *, split: str, labels: list[str], split_config: SplitConfig,
@@ -55,8 +49,7 @@ def list_split_samples(root: Path, *, split: str, labels: list[str], split_confi
             continue
         for path in sorted(folder.rglob("*")):
             relative_path = path.relative_to(root).as_posix()
-            if (relative_path.lower().endswith(extensions) and path.is_file()
-                    and not any(part.startswith("_") for part in relative_path.split("/")[:-1])
+            if (classify(relative_path, extensions=extensions) == "input" and path.is_file()
                     and assign_split(relative_path, config=split_config, listed=listed) == split):
                 samples.append(Sample(path=path, relative_path=relative_path, label=label))
     return samples

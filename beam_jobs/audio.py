@@ -10,7 +10,6 @@ import struct
 import warnings
 
 import numpy as np
-from scipy import signal
 from scipy.io import wavfile
 
 from beam_jobs.config import AudioConfig
@@ -84,6 +83,8 @@ def resample(samples: np.ndarray, *, from_rate: int, to_rate: int) -> np.ndarray
     """Polyphase resampling of float32 [n] samples; returns float32 [round(n * to / from)]."""
     if from_rate == to_rate:
         return samples
+    from scipy import signal  # imported here: it takes about a second, paid only when a file needs resampling
+
     divisor = math.gcd(from_rate, to_rate)
     return signal.resample_poly(samples, to_rate // divisor, from_rate // divisor).astype(np.float32)
 
@@ -140,7 +141,12 @@ def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig) -> np.ndar
 
 @functools.lru_cache(maxsize=8)
 def _hann(length: int) -> np.ndarray:
-    return signal.get_window("hann", length).astype(np.float32)
+    """The periodic Hann window, float32 [length]: bit for bit scipy.signal.get_window("hann", length).
+
+    Computed as scipy computes it, without importing scipy.signal (see resample()).
+    """
+    phase = np.linspace(-np.pi, np.pi, length + 1)
+    return (0.5 + 0.5 * np.cos(phase))[:length].astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,7 +16,6 @@ import logging
 import os
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
@@ -28,8 +27,8 @@ from beam_jobs.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, AudioConfig, Co
 from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
 from beam_jobs.sharding import PublishDataset, WriteShards, record_bytes
 from beam_jobs.splits import SPLITS
-from beam_jobs.transforms import (ERRORS_NAME, METRICS_NAMESPACE, ComputeVocabulary, CountFilesPerSplit,
-                                  FeaturizeFile, MatchInputFiles, ReadSplitLists, WriteErrorRows, index_labels)
+from beam_jobs.transforms import (ERRORS_NAME, METRICS_NAMESPACE, AssignShards, ComputeVocabulary, FeaturizePart,
+                                  MatchInputFiles, ReadSplitLists, WriteErrorRows, index_labels, read_text)
 
 EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
 SUMMARY_ERROR_ROWS = 10  # error rows printed in the summary; all of them are in errors.jsonl
@@ -206,26 +205,26 @@ class IngestModality(beam.PTransform):
         else:
             vocabulary = input_files | "ComputeVocabulary" >> ComputeVocabulary()
         split_lists = pipeline | "ReadSplitLists" >> ReadSplitLists(roots=roots)
-        files_per_split = input_files | "CountFilesPerSplit" >> CountFilesPerSplit(
-            split_config=settings.split_config, split_lists=split_lists)
+        files_by_part = input_files | "AssignShards" >> AssignShards(
+            split_config=settings.split_config, split_lists=split_lists,
+            record_bytes=record_bytes(modality, feature_shape=settings.configs[modality].feature_shape),
+            shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
         featurized = (
-            input_files
-            # Matching yields every file from one bundle; shuffling spreads reading and featurizing over workers.
-            | "SpreadAcrossWorkers" >> beam.Reshuffle()
-            | "FeaturizeFiles" >> beam.ParDo(
-                FeaturizeFile(modality=modality, config=settings.configs[modality],
-                              split_config=settings.split_config),
+            files_by_part
+            # Only these small file references are shuffled, never the records. Grouping also breaks
+            # fusion after matching, which yields every file from one bundle, and spreads the parts
+            # over the workers as a separate Reshuffle would.
+            | "GroupByPart" >> beam.GroupByKey()
+            | "FeaturizeParts" >> beam.ParDo(
+                FeaturizePart(modality=modality, config=settings.configs[modality],
+                              dataset_dir=settings.dataset_dir(modality)),
                 vocabulary=beam.pvalue.AsSingleton(vocabulary),
-                split_lists=beam.pvalue.AsDict(split_lists),
-            ).with_outputs(FeaturizeFile.ERRORS, main="examples"))
-        error_rows = featurized[FeaturizeFile.ERRORS]
+            ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
+        error_rows = featurized[FeaturizePart.ERRORS]
         num_errors = error_rows | "CountErrors" >> beam.combiners.Count.Globally()
-        _ = (featurized.examples
-             | "WriteShards" >> WriteShards(
-                 dataset_dir=settings.dataset_dir(modality), files_per_split=files_per_split,
-                 record_bytes=record_bytes(modality, feature_shape=settings.configs[modality].feature_shape),
-                 shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards,
-                 compression=settings.compression)
+        _ = (featurized.shard_parts
+             | "WriteShards" >> WriteShards(dataset_dir=settings.dataset_dir(modality),
+                                            compression=settings.compression)
              | "PublishDataset" >> PublishDataset(
                  dataset_dir=settings.dataset_dir(modality),
                  template=manifest_template(modality, settings, created=self._created),
@@ -261,11 +260,6 @@ class PreprocessSummary:
     error_rows: list[dict]
     counters: dict[str, int]  # the "soundsight" metrics, e.g. audio_input_files, audio_skipped_files
     result: PipelineResult
-
-
-def read_text(path: str) -> str:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read().decode("utf-8")
 
 
 def summarize(settings: Settings, result) -> PreprocessSummary:

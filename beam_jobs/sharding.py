@@ -1,15 +1,21 @@
 """Deterministic TFRecord shards and the manifest that publishes them.
 
-  WriteShards     EncodedExample -> ShardFile: one temporary shard per (split, hash bucket)
-  PublishDataset  ShardFile -> renames the shards into place, deletes stale ones,
+  PartWriter      streams the records of one part of a shard into a temporary file -> ShardPart
+  WriteShards     ShardPart -> ShardFile: each shard's parts concatenated, in order, into a temporary shard
+  PublishDataset  ShardFile -> renames the shards into place, deletes stale ones and the parts,
                   then writes dataset.json last
 
-A record's shard comes from a hash of its id and a shard's records are sorted by
-(id, path), so the same input gives byte-identical shards whatever the runner,
-the number of workers or the order in which files were read.
+A file's shard (its hash bucket) and its part of that shard (a range of hash
+values) come from a hash of its relative path, and a part's files are written in
+`shard_order`, so the parts, concatenated, hold the shard's records in
+`shard_order`. The same input gives byte-identical shards whatever the runner,
+the number of workers or the order in which files were listed. Parts exist so
+that a split with few shards still spreads over many workers.
 """
 import dataclasses
+import hashlib
 import math
+import shutil
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -25,6 +31,18 @@ from beam_jobs.splits import SPLITS
 
 SHARD_PATTERN = "*-of-*.tfrecord*"
 TEMP_PREFIX = ".tmp-"
+PART_BYTES = 4 * 1024 * 1024  # records per unit of work: small to balance the workers, large for few files
+COPY_BUFFER_BYTES = 1024 * 1024
+
+
+class ShardPart(NamedTuple):
+    """The records of one part of a shard, written uncompressed under a temporary name."""
+    split: str
+    index: int  # the shard's hash bucket
+    part: int  # the range of path hashes within the bucket
+    temp_path: str
+    num_examples: int
+    label_counts: dict[str, int]
 
 
 class ShardFile(NamedTuple):
@@ -63,9 +81,28 @@ def record_bytes(modality: str, *, feature_shape) -> int:
     return _TFRecordUtil.encoded_num_bytes(example)
 
 
-def shard_index(example_id: str, *, num_shards: int) -> int:
-    """The hash bucket of a hex SHA-256 id, in [0, num_shards)."""
-    return int(example_id[:16], 16) % num_shards
+def num_parts_for(total_bytes: int, *, num_shards: int, part_bytes: int) -> int:
+    """Parts per shard, so that each holds about `part_bytes` of a split's `total_bytes`; at least 1."""
+    return max(1, math.ceil(total_bytes / num_shards / part_bytes))
+
+
+def shard_index(relative_path: str, *, num_shards: int) -> int:
+    """The hash bucket of a file, in [0, num_shards): the first 8 bytes of its path's SHA-256."""
+    return int.from_bytes(path_hash(relative_path)[:8], "big") % num_shards
+
+
+def part_index(relative_path: str, *, num_parts: int) -> int:
+    """The part of a file within its shard, in [0, num_parts): it rises with the file's `shard_order`."""
+    return int.from_bytes(path_hash(relative_path)[:8], "big") * num_parts >> 64
+
+
+def path_hash(relative_path: str) -> bytes:
+    return hashlib.sha256(relative_path.encode("utf-8")).digest()
+
+
+def shard_order(*, root: str, relative_path: str) -> tuple[bytes, str, str]:
+    """The sort key of a file within its shard: pseudo-random, so a shard is not grouped by class."""
+    return path_hash(relative_path), root, relative_path
 
 
 def shard_suffix(compression: str | None) -> str:
@@ -80,64 +117,81 @@ def beam_compression(compression: str | None) -> str:
     return CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
 
 
-def _key_by_shard(example, files_per_split: dict[str, int], *, record_bytes: int, shard_bytes: int,
-                  fixed_num_shards: int | None):
-    num_shards = num_shards_for(files_per_split[example.split] * record_bytes, shard_bytes=shard_bytes,
-                                fixed_num_shards=fixed_num_shards)
-    key = (example.split, shard_index(example.example_id, num_shards=num_shards))
-    # The id leads so that sorting a shard's records orders them by id, then path.
-    return key, (example.example_id, example.relative_path, example.label_name, example.serialized)
+class PartWriter:
+    """Streams the records of one part of a shard into its temporary file and counts them per label.
+
+    The file is created at the first record, so a part whose files all fail gets
+    none; after the `with` block, `shard_part` is its ShardPart, or None.
+    """
+
+    def __init__(self, *, dataset_dir: str, split: str, index: int, part: int):
+        self._key = (split, index, part)
+        self._temp_path = f"{dataset_dir}/{TEMP_PREFIX}{split}-{index:05d}-part-{part:05d}.tfrecord"
+        self._handle = None
+        self._label_counts = {}
+        self.shard_part = None
+
+    def __enter__(self):
+        return self
+
+    def write(self, serialized: bytes, *, label_name: str) -> None:
+        if self._handle is None:
+            self._handle = FileSystems.create(self._temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
+        _TFRecordUtil.write_record(self._handle, serialized)
+        self._label_counts[label_name] = self._label_counts.get(label_name, 0) + 1
+
+    def __exit__(self, exc_type, *_):
+        if self._handle is None:
+            return
+        self._handle.close()
+        if exc_type is None:
+            self.shard_part = ShardPart(*self._key, self._temp_path, sum(self._label_counts.values()),
+                                        self._label_counts)
 
 
-class _WriteShardFile(beam.DoFn):
-    """((split, index), records) -> ShardFile, after writing the sorted records to a temporary file."""
+class _ConcatenateParts(beam.DoFn):
+    """((split, index), [ShardPart]) -> ShardFile, after copying the parts in order into a temporary shard.
+
+    The parts stay until PublishDataset deletes them, so a retried bundle finds them
+    again; until then the dataset takes twice its size on disk.
+    """
 
     def __init__(self, *, dataset_dir: str, compression: str | None):
         self._dataset_dir = dataset_dir
         self._compression = compression
 
-    def process(self, keyed_records):
-        (split, index), records = keyed_records
+    def process(self, shard_and_parts):
+        (split, index), parts = shard_and_parts
+        parts = sorted(parts, key=lambda shard_part: shard_part.part)
         temp_path = f"{self._dataset_dir}/{TEMP_PREFIX}{split}-{index:05d}{shard_suffix(self._compression)}"
         label_counts = {}
-        num_examples = 0
-        with FileSystems.create(temp_path, compression_type=beam_compression(self._compression)) as handle:
-            for _, _, label_name, serialized in sorted(records):
-                _TFRecordUtil.write_record(handle, serialized)
-                label_counts[label_name] = label_counts.get(label_name, 0) + 1
-                num_examples += 1
-        yield ShardFile(split, index, temp_path, num_examples, label_counts)
+        with FileSystems.create(temp_path, compression_type=beam_compression(self._compression)) as shard:
+            for shard_part in parts:
+                with FileSystems.open(shard_part.temp_path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
+                    shutil.copyfileobj(part, shard, COPY_BUFFER_BYTES)
+                for label_name, count in shard_part.label_counts.items():
+                    label_counts[label_name] = label_counts.get(label_name, 0) + count
+        yield ShardFile(split, index, temp_path, sum(shard_part.num_examples for shard_part in parts), label_counts)
+
+
+def _key_by_shard(shard_part: ShardPart):
+    return (shard_part.split, shard_part.index), shard_part
 
 
 class WriteShards(beam.PTransform):
-    """EncodedExample -> ShardFile, one per non-empty (split, hash bucket).
+    """ShardPart -> ShardFile, one per (split, hash bucket) with at least one record; gzipped if asked."""
 
-    The number of buckets per split is `fixed_num_shards`, or the split's
-    uncompressed bytes (`files_per_split`, a PCollection of (split, count) from
-    the listing, times `record_bytes`) divided by `shard_bytes`, rounded up.
-    Counting files rather than featurized examples lets keying run in the same
-    stage as featurizing, so the examples are shuffled once and never buffered
-    on the way; files that turn out bad only make the shards a little smaller.
-    """
-
-    def __init__(self, *, dataset_dir: str, files_per_split, record_bytes: int, shard_bytes: int,
-                 fixed_num_shards: int | None, compression: str | None):
+    def __init__(self, *, dataset_dir: str, compression: str | None):
         super().__init__()
         self._dataset_dir = dataset_dir
-        self._files_per_split = files_per_split
-        self._record_bytes = record_bytes
-        self._shard_bytes = shard_bytes
-        self._fixed_num_shards = fixed_num_shards
         self._compression = compression
 
-    def expand(self, examples):
-        return (examples
-                | "KeyByShard" >> beam.Map(
-                    _key_by_shard, beam.pvalue.AsDict(self._files_per_split), record_bytes=self._record_bytes,
-                    shard_bytes=self._shard_bytes, fixed_num_shards=self._fixed_num_shards)
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteEachShard" >> beam.ParDo(
-                    _WriteShardFile(dataset_dir=self._dataset_dir, compression=self._compression)))
+    def expand(self, shard_parts):
+        return (shard_parts
+                | "KeyByShard" >> beam.Map(_key_by_shard)
+                | "GroupPartsByShard" >> beam.GroupByKey()
+                | "ConcatenateParts" >> beam.ParDo(
+                    _ConcatenateParts(dataset_dir=self._dataset_dir, compression=self._compression)))
 
 
 def rename_into_place(sources: list[str], destinations: list[str]) -> None:
@@ -152,7 +206,7 @@ def rename_into_place(sources: list[str], destinations: list[str]) -> None:
 
 
 def delete_stale_files(dataset_dir: str, *, keep: set[str]) -> list[str]:
-    """Deletes shards of earlier runs and temporaries of failed runs; returns the deleted paths."""
+    """Deletes shards of earlier runs, shard parts and temporaries of failed runs; returns the deleted paths."""
     patterns = [f"{dataset_dir}/{SHARD_PATTERN}", f"{dataset_dir}/{TEMP_PREFIX}*"]
     stale = sorted({metadata.path
                     for match in FileSystems.match(patterns)

@@ -1,16 +1,18 @@
-"""Beam transforms from folder-per-class input trees to encoded examples and error rows.
+"""Beam transforms from folder-per-class input trees to TFRecord shards and error rows.
 
 Each step wraps a pure function of beam_jobs; the pipeline recipe that strings
 them together is `beam_jobs.preprocess.IngestModality`:
 
   MatchInputFiles    roots -> InputFile (input extensions outside `_` folders)
   ComputeVocabulary  InputFile -> {label name: index}, the sorted class folder names
-  ReadSplitLists     roots -> (root, {relative path: split}) from validation/testing lists
-  CountFilesPerSplit InputFile -> (split, number of files), known before any file is read
-  FeaturizeFile      InputFile -> EncodedExample, or an ErrorRow saying why not
+  ReadSplitLists     roots -> one {root: {relative path: split}} from validation/testing lists
+  AssignShards       InputFile -> ((split, shard index, part), InputFile), from the file's path alone
+  FeaturizePart      ((split, shard index, part), [InputFile]) -> ShardPart written in one streaming
+                     pass, and an ErrorRow for each file that could not be used
   WriteErrorRows     ErrorRow -> OUT/errors.jsonl
 
-Shard writing and the manifest live in `beam_jobs.sharding`.
+The rules of the input tree live in `beam_jobs.layout`; shard naming, writing
+and the manifest in `beam_jobs.sharding`.
 """
 import hashlib
 import json
@@ -18,7 +20,6 @@ import logging
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -26,12 +27,15 @@ from apache_beam.metrics import Metrics
 from beam_jobs import audio, image
 from beam_jobs.errors import InvalidInputError
 from beam_jobs.examples import encode_example
-from beam_jobs.sharding import write_atomically
-from beam_jobs.splits import LIST_FILES, assign_split
+from beam_jobs.layout import class_folder, classify, read_split_lists, relative_to_root
+from beam_jobs.sharding import (PART_BYTES, PartWriter, num_parts_for, num_shards_for, part_index, shard_index,
+                                shard_order, write_atomically)
+from beam_jobs.splits import assign_split
 
 METRICS_NAMESPACE = "soundsight"
 ERRORS_NAME = "errors.jsonl"
 FEATURIZERS = {"audio": audio.featurize_wav, "image": image.featurize_image}
+PROGRESS_EVERY = 1000  # files between a worker's progress log lines
 
 
 class InputFile(NamedTuple):
@@ -41,14 +45,6 @@ class InputFile(NamedTuple):
     path: str  # full path or URL, as matched
     relative_path: str  # relative to `root`, forward slashes
     size_bytes: int
-
-
-class EncodedExample(NamedTuple):
-    split: str
-    label_name: str
-    example_id: str  # hex SHA-256 of the file's bytes
-    relative_path: str
-    serialized: bytes  # a tf.train.Example
 
 
 class ErrorRow(NamedTuple):
@@ -61,48 +57,45 @@ class ErrorRow(NamedTuple):
         return json.dumps(self._asdict(), sort_keys=True)
 
 
-def counter(name: str):
-    return Metrics.counter(METRICS_NAMESPACE, name)
+class ModalityCounters:
+    """The `soundsight` counters `<modality>_<name>`, each created once, not per element."""
+
+    def __init__(self, modality: str):
+        self._modality = modality
+        self._counters = {}
+
+    def inc(self, name: str) -> None:
+        if name not in self._counters:
+            self._counters[name] = Metrics.counter(METRICS_NAMESPACE, f"{self._modality}_{name}")
+        self._counters[name].inc()
 
 
-def relative_to_root(path: str, root: str) -> str:
-    """`path` relative to `root` with forward slashes, for local paths and URLs alike."""
-    prefix = root.rstrip("/") + "/"
-    if not path.startswith(prefix):
-        raise ValueError(f"matched path {path!r} is not under its root {root!r}")
-    return path[len(prefix):].replace("\\", "/")
+def read_text(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read().decode("utf-8")
 
 
-def classify(relative_path: str, *, extensions: tuple[str, ...]) -> str:
-    """'skipped' inside a folder named `_...`, 'ignored' for other extensions, else 'input'."""
-    folders = relative_path.split("/")[:-1]
-    if any(folder.startswith("_") for folder in folders):
-        return "skipped"
-    if not relative_path.lower().endswith(extensions):
-        return "ignored"
-    return "input"
+def read_text_if_present(path: str) -> str | None:
+    return read_text(path) if FileSystems.exists(path) else None
 
 
-def class_folder(relative_path: str) -> str | None:
-    """The label of a file: its top folder under the root; None for a file directly in the root."""
-    folder, separator, _ = relative_path.partition("/")
-    return folder if separator else None
-
-
-class _KeepInputFiles(beam.DoFn):
-    """(root, FileMetadata) -> InputFile for input files; counts the files it passes over."""
+class _ListInputFiles(beam.DoFn):
+    """root -> InputFile for each input file under it; counts the files it passes over."""
 
     def __init__(self, *, modality: str, extensions: tuple[str, ...]):
         self._modality = modality
         self._extensions = extensions
 
-    def process(self, root_and_metadata):
-        root, metadata = root_and_metadata
-        relative_path = relative_to_root(metadata.path, root)
-        kind = classify(relative_path, extensions=self._extensions)
-        counter(f"{self._modality}_{kind}_files").inc()
-        if kind == "input":
-            yield InputFile(self._modality, root, metadata.path, relative_path, metadata.size_in_bytes)
+    def setup(self):
+        self._counters = ModalityCounters(self._modality)
+
+    def process(self, root: str):
+        for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
+            relative_path = relative_to_root(metadata.path, root)
+            kind = classify(relative_path, extensions=self._extensions)
+            self._counters.inc(f"{kind}_files")
+            if kind == "input":
+                yield InputFile(self._modality, root, metadata.path, relative_path, metadata.size_in_bytes)
 
 
 class MatchInputFiles(beam.PTransform):
@@ -120,15 +113,10 @@ class MatchInputFiles(beam.PTransform):
         self._extensions = extensions
 
     def expand(self, pipeline):
-        matched_per_root = [
-            pipeline
-            | f"MatchRoot{index}" >> fileio.MatchFiles(f"{root}/**")
-            | f"TagRoot{index}" >> beam.Map(lambda metadata, root=root: (root, metadata))
-            for index, root in enumerate(self._roots)]
-        return (matched_per_root
-                | "FlattenRoots" >> beam.Flatten()
-                | "KeepInputFiles" >> beam.ParDo(
-                    _KeepInputFiles(modality=self._modality, extensions=self._extensions)))
+        return (pipeline
+                | "Roots" >> beam.Create(self._roots)
+                | "ListInputFiles" >> beam.ParDo(
+                    _ListInputFiles(modality=self._modality, extensions=self._extensions)))
 
 
 def _class_folders(input_file: InputFile):
@@ -147,31 +135,16 @@ class ComputeVocabulary(beam.PTransform):
     def expand(self, input_files):
         return (input_files
                 | "ClassFolders" >> beam.FlatMap(_class_folders)
-                | "DistinctClasses" >> beam.Distinct()
-                | "CollectClasses" >> beam.combiners.ToList()
+                | "CollectClasses" >> beam.combiners.ToSet()
                 | "IndexSortedClasses" >> beam.Map(lambda names: index_labels(sorted(names))))
 
 
-def read_split_lists(root: str) -> dict[str, str]:
-    """{relative path: split} from the root's validation_list.txt / testing_list.txt, if present.
-
-    Raises ValueError when a file is listed in both, since no split would be right.
-    """
-    listed = {}
-    for split, list_name in LIST_FILES.items():
-        list_path = f"{root}/{list_name}"
-        if not FileSystems.exists(list_path):
-            continue  # the lists are optional: hashing assigns the splits then
-        with FileSystems.open(list_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            lines = handle.read().decode("utf-8").splitlines()
-        for relative_path in filter(None, (line.strip() for line in lines)):
-            if listed.setdefault(relative_path, split) != split:
-                raise ValueError(f"{relative_path} is listed in more than one split list under {root}")
-    return listed
+def read_split_lists_of_roots(roots: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    return {root: read_split_lists(root, read_text=read_text_if_present) for root in roots}
 
 
 class ReadSplitLists(beam.PTransform):
-    """PBegin -> (root, {relative path: split}) for each root, to use as an AsDict side input."""
+    """PBegin -> one {root: {relative path: split}}, to use as an AsSingleton side input."""
 
     def __init__(self, *, roots: tuple[str, ...]):
         super().__init__()
@@ -179,8 +152,8 @@ class ReadSplitLists(beam.PTransform):
 
     def expand(self, pipeline):
         return (pipeline
-                | "Roots" >> beam.Create(self._roots)
-                | "ReadListsOfRoot" >> beam.Map(lambda root: (root, read_split_lists(root))))
+                | "Roots" >> beam.Create([self._roots])
+                | "ReadListsOfRoots" >> beam.Map(read_split_lists_of_roots))
 
 
 def split_of(input_file: InputFile, split_lists: dict, *, config) -> str:
@@ -188,19 +161,51 @@ def split_of(input_file: InputFile, split_lists: dict, *, config) -> str:
     return assign_split(input_file.relative_path, config=config, listed=split_lists.get(input_file.root, {}))
 
 
-class CountFilesPerSplit(beam.PTransform):
-    """InputFile -> (split, number of files), from the paths alone; `split_lists` as for FeaturizeFile."""
+def _with_split(input_file: InputFile, split_lists: dict, *, config):
+    return split_of(input_file, split_lists, config=config), input_file
 
-    def __init__(self, *, split_config, split_lists):
+
+def _key_by_part(split_and_file, files_per_split: dict[str, int], *, record_bytes: int, shard_bytes: int,
+                 fixed_num_shards: int | None, part_bytes: int):
+    split, input_file = split_and_file
+    split_bytes = files_per_split[split] * record_bytes
+    num_shards = num_shards_for(split_bytes, shard_bytes=shard_bytes, fixed_num_shards=fixed_num_shards)
+    num_parts = num_parts_for(split_bytes, num_shards=num_shards, part_bytes=part_bytes)
+    return (split, shard_index(input_file.relative_path, num_shards=num_shards),
+            part_index(input_file.relative_path, num_parts=num_parts)), input_file
+
+
+class AssignShards(beam.PTransform):
+    """InputFile -> ((split, shard index, part), InputFile), from the file's relative path alone.
+
+    `split_lists` is a singleton {root: {relative path: split}}. A split has
+    `fixed_num_shards` hash buckets, or its uncompressed bytes (its number of
+    listed files times `record_bytes`) divided by `shard_bytes`, rounded up; each
+    bucket is cut into parts of about `part_bytes`, the unit of work.
+    Counting files rather than featurized examples fixes every file's shard before
+    any file is read; files that turn out bad only make the shards a little smaller.
+    """
+
+    def __init__(self, *, split_config, split_lists, record_bytes: int, shard_bytes: int,
+                 fixed_num_shards: int | None, part_bytes: int = PART_BYTES):
         super().__init__()
         self._split_config = split_config
         self._split_lists = split_lists
+        self._record_bytes = record_bytes
+        self._shard_bytes = shard_bytes
+        self._fixed_num_shards = fixed_num_shards
+        self._part_bytes = part_bytes
 
     def expand(self, input_files):
-        return (input_files
-                | "SplitOfEachFile" >> beam.Map(
-                    split_of, beam.pvalue.AsDict(self._split_lists), config=self._split_config)
-                | "CountPerSplit" >> beam.combiners.Count.PerElement())
+        split_and_file = input_files | "SplitOfEachFile" >> beam.Map(
+            _with_split, beam.pvalue.AsSingleton(self._split_lists), config=self._split_config)
+        split_to_count = (split_and_file
+                          | "Splits" >> beam.Keys()
+                          | "CountPerSplit" >> beam.combiners.Count.PerElement()
+                          | "CollectCounts" >> beam.combiners.ToDict())
+        return split_and_file | "KeyByPart" >> beam.Map(
+            _key_by_part, beam.pvalue.AsSingleton(split_to_count), record_bytes=self._record_bytes,
+            shard_bytes=self._shard_bytes, fixed_num_shards=self._fixed_num_shards, part_bytes=self._part_bytes)
 
 
 def read_at_most(path: str, *, limit: int) -> bytes:
@@ -208,37 +213,49 @@ def read_at_most(path: str, *, limit: int) -> bytes:
         return handle.read(limit)
 
 
-class FeaturizeFile(beam.DoFn):
-    """InputFile -> EncodedExample, or an ErrorRow on the ERRORS output.
+class FeaturizePart(beam.DoFn):
+    """((split, shard index, part), [InputFile]) -> ShardPart; an ErrorRow on the ERRORS output per bad file.
 
-    Side inputs: `vocabulary` {label name: index} and `split_lists` {root: {relative path: split}}.
+    Reads, featurizes and encodes the files one at a time in `shard_order` and
+    streams each record into the part's temporary file, so a worker holds one
+    record and the part's file list. Side input: `vocabulary` {label name: index}.
     Only InvalidInputError (a bad file) becomes an error row; any other exception
     is a bug or an I/O failure and fails the bundle, so the runner retries or stops.
     """
     ERRORS = "errors"
 
-    def __init__(self, *, modality: str, config, split_config):
+    def __init__(self, *, modality: str, config, dataset_dir: str):
         self._modality = modality
         self._config = config
-        self._split_config = split_config
+        self._dataset_dir = dataset_dir
         self._featurize = FEATURIZERS[modality]
+
+    def setup(self):
+        self._counters = ModalityCounters(self._modality)
         self._files_seen = 0
 
-    def process(self, input_file: InputFile, vocabulary: dict[str, int], split_lists: dict):
-        self._log_progress()
-        try:
-            example = self._encode(input_file, vocabulary, split_lists)
-        except InvalidInputError as error:
-            counter(f"{self._modality}_errors").inc()
-            yield beam.pvalue.TaggedOutput(self.ERRORS, ErrorRow(
-                input_file.path, input_file.root, self._modality, str(error)))
-            return
-        counter(f"{self._modality}_{example.split}_examples").inc()
-        counter(f"{self._modality}_label_{example.label_name}_examples").inc()
-        yield example
+    def process(self, part_and_files, vocabulary: dict[str, int]):
+        (split, index, part), input_files = part_and_files
+        ordered = sorted(input_files, key=lambda f: shard_order(root=f.root, relative_path=f.relative_path))
+        with PartWriter(dataset_dir=self._dataset_dir, split=split, index=index, part=part) as writer:
+            for input_file in ordered:
+                self._log_progress()
+                label_name = class_folder(input_file.relative_path)
+                try:
+                    serialized = self._encode(input_file, label_name=label_name, split=split, vocabulary=vocabulary)
+                except InvalidInputError as error:
+                    self._counters.inc("errors")
+                    yield beam.pvalue.TaggedOutput(self.ERRORS, ErrorRow(
+                        input_file.path, input_file.root, self._modality, str(error)))
+                    continue
+                writer.write(serialized, label_name=label_name)
+                self._counters.inc(f"{split}_examples")
+                self._counters.inc(f"label_{label_name}_examples")
+        if writer.shard_part is not None:
+            yield writer.shard_part
 
-    def _encode(self, input_file: InputFile, vocabulary: dict[str, int], split_lists: dict):
-        label_name = class_folder(input_file.relative_path)
+    def _encode(self, input_file: InputFile, *, label_name: str | None, split: str,
+                vocabulary: dict[str, int]) -> bytes:
         if label_name is None:
             raise InvalidInputError("file is directly in the input root; inputs must be in ROOT/<label>/")
         if label_name not in vocabulary:
@@ -250,16 +267,13 @@ class FeaturizeFile(beam.DoFn):
             raise InvalidInputError(f"file is {input_file.size_bytes} bytes, over the limit of {max_bytes}")
         data = read_at_most(input_file.path, limit=max_bytes + 1)
         tensor = self._featurize(data, config=self._config)
-        split = split_of(input_file, split_lists, config=self._split_config)
-        example_id = hashlib.sha256(data).hexdigest()
-        serialized = encode_example(
+        return encode_example(
             tensor=tensor, label=vocabulary[label_name], label_name=label_name, modality=self._modality,
-            example_id=example_id, path=input_file.relative_path, split=split)
-        return EncodedExample(split, label_name, example_id, input_file.relative_path, serialized)
+            example_id=hashlib.sha256(data).hexdigest(), path=input_file.relative_path, split=split)
 
     def _log_progress(self):
         self._files_seen += 1
-        if self._files_seen % 1000 == 0:
+        if self._files_seen % PROGRESS_EVERY == 0:
             logging.info("%s: this worker has featurized %d files", self._modality, self._files_seen)
 
 

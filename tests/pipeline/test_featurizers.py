@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import signal
 
 from beam_jobs import audio, image
 from beam_jobs.config import AudioConfig, ImageConfig, SplitConfig
@@ -59,6 +60,11 @@ def test_mel_spectrogram_has_the_configured_shape(make_sine, make_wav):
 
     assert spectrogram.shape == config.feature_shape == (24, 40)
     assert np.all(np.isfinite(spectrogram))
+
+
+@pytest.mark.parametrize("length", [16, 400, 441, 512])
+def test_hann_window_is_scipys_bit_for_bit(length):
+    np.testing.assert_array_equal(audio._hann(length), signal.get_window("hann", length).astype(np.float32))
 
 
 @pytest.mark.parametrize("corrupt, reason", [

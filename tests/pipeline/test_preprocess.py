@@ -107,7 +107,7 @@ TFRECORD_DESCRIPTION = {feature.name: "byte" if feature.kind == "bytes" else "in
 
 
 def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest) -> dict[str, list[dict]]:
-    """{split: examples} read with tfrecord's example_loader, in shard order."""
+    """{split: examples} read with tfrecord's example_loader, in shard order; one root per modality."""
     examples = {}
     for split, info in manifest.splits.items():
         examples[split] = []
@@ -118,8 +118,9 @@ def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest) -> dict[s
                 str(path), None, TFRECORD_DESCRIPTION,
                 compression_type="gzip" if manifest.compression == "GZIP" else None))
             assert len(loaded) == len(records) == shard.num_examples, path
-            ids = [example["id"].decode() for example in loaded]
-            assert ids == sorted(ids), f"{path} is not sorted by id"
+            paths = [example["path"].decode() for example in loaded]
+            assert paths == sorted(paths, key=lambda p: hashlib.sha256(p.encode()).digest()), (
+                f"{path} is not in the pseudo-random order of its paths' SHA-256")
             examples[split] += loaded
     return examples
 

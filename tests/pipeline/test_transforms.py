@@ -1,23 +1,31 @@
-"""TestPipeline tests of the transforms: matching and labelling, featurizing into tagged outputs, sharding."""
+"""TestPipeline tests of the transforms: matching and labelling, assigning shards, featurizing into shards."""
+import collections
+import gzip
 import hashlib
 import json
+import math
 import posixpath
 
 import apache_beam as beam
 import numpy as np
 import pytest
+from PIL import Image
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.config import AUDIO_EXTENSIONS, AudioConfig, SplitConfig
+from beam_jobs.config import AUDIO_EXTENSIONS, AudioConfig, ImageConfig, SplitConfig
 from beam_jobs.examples import decode_example
 from beam_jobs.examples import encode_example
-from beam_jobs.sharding import ShardFile, WriteShards, _key_by_shard, num_shards_for, record_bytes, shard_index
-from beam_jobs.transforms import (METRICS_NAMESPACE, ComputeVocabulary, CountFilesPerSplit, EncodedExample,
-                                  ErrorRow, FeaturizeFile, InputFile, MatchInputFiles, ReadSplitLists, classify,
-                                  class_folder, read_split_lists, relative_to_root, write_error_rows)
+from beam_jobs.layout import class_folder, classify, relative_to_root
+from beam_jobs.sharding import (ShardFile, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
+                                record_bytes, shard_index)
+from beam_jobs.splits import assign_split
+from beam_jobs.transforms import (METRICS_NAMESPACE, AssignShards, ComputeVocabulary, ErrorRow, FeaturizePart,
+                                  InputFile, MatchInputFiles, ReadSplitLists, _key_by_part,
+                                  read_split_lists_of_roots, write_error_rows)
 
 
 @pytest.fixture
@@ -84,10 +92,10 @@ def test_split_lists_are_read_per_root(tmp_path, pipeline):
 
     split_lists = pipeline | ReadSplitLists(roots=(str(with_lists), str(without_lists)))
 
-    assert_that(split_lists, equal_to([
-        (str(with_lists), {"yes/1.wav": "validation", "no/2.wav": "validation", "up/3.wav": "test"}),
-        (str(without_lists), {}),
-    ]))
+    assert_that(split_lists, equal_to([{
+        str(with_lists): {"yes/1.wav": "validation", "no/2.wav": "validation", "up/3.wav": "test"},
+        str(without_lists): {},
+    }]))
     pipeline.run()
 
 
@@ -96,12 +104,16 @@ def test_a_file_in_two_split_lists_fails_loudly(tmp_path):
     write(tmp_path / "testing_list.txt", b"yes/1.wav\n")
 
     with pytest.raises(ValueError, match="yes/1.wav is listed in more than one split list"):
-        read_split_lists(str(tmp_path))
+        read_split_lists_of_roots((str(tmp_path),))
 
 
-def test_featurize_file_sends_good_files_to_examples_and_bad_files_to_errors(
+def in_path_hash_order(paths) -> list[str]:
+    return sorted(paths, key=lambda path: hashlib.sha256(path.encode()).digest())
+
+
+def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files_to_errors(
         tmp_path, pipeline, make_sine, make_wav):
-    root = str(tmp_path)
+    root, out = str(tmp_path / "in"), tmp_path / "out"
     good = make_wav(make_sine(440, rate=16000), rate=16000)
     files = {
         "yes/good.wav": good,
@@ -112,60 +124,65 @@ def test_featurize_file_sends_good_files_to_examples_and_bad_files_to_errors(
         "root.wav": good,
         "maybe/unknown_label.wav": good,
     }
-    input_files = [InputFile("audio", root, write(tmp_path / relative, data), relative, len(data))
+    input_files = [InputFile("audio", root, write(tmp_path / "in" / relative, data), relative, len(data))
                    for relative, data in files.items()]
     # The listing says this one is huge: it must be rejected without being read.
-    input_files.append(InputFile("audio", root, str(tmp_path / "yes/good.wav"), "yes/good.wav", 10**12))
+    input_files.append(InputFile("audio", root, str(tmp_path / "in/yes/good.wav"), "yes/good.wav", 10**12))
     config = AudioConfig(max_file_bytes=10**6)
+    bad_only = [input_file for input_file in input_files if input_file.relative_path == "no/empty.wav"]
 
     vocabulary = pipeline | "Vocabulary" >> beam.Create([{"no": 0, "yes": 1}])
-    split_lists = pipeline | "SplitLists" >> beam.Create([(root, {"no/also_good.wav": "test"})])
     outputs = (pipeline
-               | beam.Create(input_files)
-               | beam.ParDo(FeaturizeFile(modality="audio", config=config, split_config=SplitConfig()),
-                            vocabulary=beam.pvalue.AsSingleton(vocabulary),
-                            split_lists=beam.pvalue.AsDict(split_lists)
-                            ).with_outputs(FeaturizeFile.ERRORS, main="examples"))
+               | beam.Create([(("test", 2, 1), input_files), (("train", 0, 0), bad_only)])
+               | beam.ParDo(FeaturizePart(modality="audio", config=config, dataset_dir=str(out)),
+                            vocabulary=beam.pvalue.AsSingleton(vocabulary)
+                            ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
 
-    def check_examples(examples):
-        decoded = [(decode_example(e.serialized), e) for e in sorted(examples, key=lambda e: e.relative_path)]
-        assert [(e.relative_path, e.label_name, e.example_id) for _, e in decoded] == [
-            ("no/also_good.wav", "no", hashlib.sha256(files["no/also_good.wav"]).hexdigest()),
-            ("yes/good.wav", "yes", hashlib.sha256(good).hexdigest())]
-        for fields, example in decoded:
-            assert (fields["label"], fields["split"], fields["shape"]) == (
-                {"no": 0, "yes": 1}[example.label_name], example.split, list(config.feature_shape))
-        assert decoded[0][1].split == "test"  # from the split list
+    def check_shard_parts(shard_parts):
+        [shard_part] = shard_parts  # the part whose only file fails writes no file
+        assert isinstance(shard_part, ShardPart)
+        assert (shard_part.split, shard_part.index, shard_part.part, shard_part.num_examples,
+                shard_part.label_counts) == ("test", 2, 1, 2, {"no": 1, "yes": 1})
+        decoded = [decode_example(record) for record in read_framed_records(shard_part.temp_path)]
+        assert [fields["path"] for fields in decoded] == in_path_hash_order(["no/also_good.wav", "yes/good.wav"])
+        for fields in decoded:
+            label_name = fields["path"].split("/")[0]
+            assert (fields["id"], fields["label_name"], fields["label"], fields["split"], fields["shape"]) == (
+                hashlib.sha256(files[fields["path"]]).hexdigest(), label_name, {"no": 0, "yes": 1}[label_name],
+                "test", list(config.feature_shape))
 
     def check_errors(rows):
         reasons = {posixpath.basename(row.path): row.reason for row in rows}
-        assert len(rows) == 6 and all(row.modality == "audio" and row.root == root for row in rows)
+        assert len(rows) == 7 and all(row.modality == "audio" and row.root == root for row in rows)
         for name, expected in {"truncated.wav": "truncated", "empty.wav": "empty", "text.wav": "not a readable",
                                "root.wav": "directly in the input root", "unknown_label.wav": "not in the fixed",
                                "good.wav": "over the limit"}.items():
             assert expected in reasons[name], f"{name}: {reasons[name]!r} lacks {expected!r}"
 
-    assert_that(outputs.examples, check_examples, label="CheckExamples")
-    assert_that(outputs[FeaturizeFile.ERRORS], check_errors, label="CheckErrors")
+    assert_that(outputs.shard_parts, check_shard_parts, label="CheckShardParts")
+    assert_that(outputs[FeaturizePart.ERRORS], check_errors, label="CheckErrors")
     pipeline.run()
+    assert [path.name for path in out.iterdir()] == [".tmp-test-00002-part-00001.tfrecord"]
 
 
-def example(split: str, index: int, size: int = 100) -> EncodedExample:
-    example_id = hashlib.sha256(f"{split}{index}".encode()).hexdigest()
-    serialized = example_id.encode() + b"s" * (size - len(example_id))  # distinct records, `size` bytes each
-    return EncodedExample(split, f"label{index % 2}", example_id, f"label{index % 2}/{index}.wav", serialized)
-
-
-def test_shard_count_and_index():
+def test_shard_and_part_counts_and_indices():
     assert num_shards_for(0, shard_bytes=100, fixed_num_shards=None) == 1
     assert num_shards_for(250, shard_bytes=100, fixed_num_shards=None) == 3
     assert num_shards_for(250, shard_bytes=100, fixed_num_shards=7) == 7
-    indices = [shard_index(example("train", index).example_id, num_shards=4) for index in range(200)]
-    assert set(indices) == {0, 1, 2, 3}
-    key, value = _key_by_shard(example("train", 5), {"train": 2}, record_bytes=116, shard_bytes=116,
-                               fixed_num_shards=None)
-    assert key == ("train", shard_index(example("train", 5).example_id, num_shards=2))
-    assert value[0] == example("train", 5).example_id  # the id leads, so sorting orders by id
+    assert num_parts_for(0, num_shards=3, part_bytes=10) == 1
+    assert num_parts_for(250, num_shards=3, part_bytes=10) == 9
+    paths = [f"label{index % 2}/{index}.wav" for index in range(200)]
+    assert set(shard_index(path, num_shards=4) for path in paths) == {0, 1, 2, 3}
+    assert set(part_index(path, num_parts=5) for path in paths) == {0, 1, 2, 3, 4}
+    hash_prefix = int.from_bytes(hashlib.sha256(b"yes/a.wav").digest()[:8], "big")
+    assert shard_index("yes/a.wav", num_shards=7) == hash_prefix % 7
+    # Parts are ranges of the hash, so concatenating them in order keeps a shard in path-hash order.
+    parts_in_order = [part_index(path, num_parts=5) for path in in_path_hash_order(paths)]
+    assert parts_in_order == sorted(parts_in_order)
+    input_file = InputFile("audio", "/r", "/r/yes/a.wav", "yes/a.wav", 1)
+    key, value = _key_by_part(("train", input_file), {"train": 4}, record_bytes=100, shard_bytes=200,
+                              fixed_num_shards=None, part_bytes=50)
+    assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), input_file)
 
 
 def test_record_bytes_is_the_size_of_a_framed_record():
@@ -176,43 +193,32 @@ def test_record_bytes_is_the_size_of_a_framed_record():
     assert abs(record_bytes("image", feature_shape=(28, 28, 1)) - (len(real) + 16)) < 64
 
 
-def test_files_are_counted_per_split_from_their_paths(pipeline):
+def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pipeline):
     input_files = [InputFile("audio", "/r", f"/r/yes/{index}.wav", f"yes/{index}.wav", 1) for index in range(50)]
-    split_lists = pipeline | "SplitLists" >> beam.Create([("/r", {"yes/0.wav": "validation"})])
+    listed = {"yes/0.wav": "validation"}
+    split_config = SplitConfig(test_percent=50)
+    split_lists = pipeline | "SplitLists" >> beam.Create([{"/r": listed}])
 
-    counts = (pipeline
-              | beam.Create(input_files)
-              | CountFilesPerSplit(split_config=SplitConfig(test_percent=50), split_lists=split_lists))
+    keyed = (pipeline
+             | beam.Create(input_files)
+             | AssignShards(split_config=split_config, split_lists=split_lists, record_bytes=100,
+                            shard_bytes=1000, fixed_num_shards=None, part_bytes=300))
 
     def check(pairs):
-        assert dict(pairs)["validation"] == 1 and sum(dict(pairs).values()) == 50
-        assert set(dict(pairs)) == {"train", "validation", "test"}
+        assert sorted(input_file for _, input_file in pairs) == sorted(input_files)
+        splits = {input_file.relative_path: split for (split, _, _), input_file in pairs}
+        assert splits == {path: assign_split(path, config=split_config, listed=listed) for path in splits}
+        files_per_split = collections.Counter(splits.values())
+        assert files_per_split["validation"] == 1 and set(files_per_split) == {"train", "validation", "test"}
+        for (split, index, part), input_file in pairs:
+            num_shards = math.ceil(files_per_split[split] * 100 / 1000)
+            num_parts = math.ceil(files_per_split[split] * 100 / num_shards / 300)
+            assert index == shard_index(input_file.relative_path, num_shards=num_shards), input_file
+            assert part == part_index(input_file.relative_path, num_parts=num_parts), input_file
+        assert len({key[:2] for key, _ in pairs if key[0] == "test"}) > 1, "the test split should span shards"
+        assert len({key for key, _ in pairs if key[:2] == ("test", 0)}) > 1, "a test shard should span parts"
 
-    assert_that(counts, check)
-    pipeline.run()
-
-
-def test_write_shards_sorts_each_shard_by_id_and_counts_its_labels(tmp_path, pipeline):
-    examples = [example(split, index) for split in ("train", "test") for index in range(20)]
-
-    files_per_split = pipeline | "FilesPerSplit" >> beam.Create([("train", 20), ("test", 20)])
-    shard_files = (pipeline
-                   | beam.Create(examples)
-                   | WriteShards(dataset_dir=str(tmp_path), files_per_split=files_per_split, record_bytes=116,
-                                 shard_bytes=10**9, fixed_num_shards=3, compression=None))
-
-    def check_shards(shards):
-        assert sum(shard.num_examples for shard in shards) == len(examples)
-        for shard in shards:
-            in_shard = sorted((e for e in examples if e.split == shard.split
-                               and shard_index(e.example_id, num_shards=3) == shard.index),
-                              key=lambda e: e.example_id)
-            assert isinstance(shard, ShardFile)
-            assert read_framed_records(shard.temp_path) == [e.serialized for e in in_shard]
-            assert shard.num_examples == len(in_shard)
-            assert shard.label_counts == count_labels(in_shard)
-
-    assert_that(shard_files, check_shards)
+    assert_that(keyed, check)
     pipeline.run()
 
 
@@ -223,13 +229,6 @@ def read_framed_records(path) -> list[bytes]:
         records.append(data[offset + 12:offset + 12 + length])
         offset += 12 + length + 4
     return records
-
-
-def count_labels(examples) -> dict[str, int]:
-    counts = {}
-    for e in examples:
-        counts[e.label_name] = counts.get(e.label_name, 0) + 1
-    return counts
 
 
 def test_error_rows_file_is_sorted_and_exists_when_empty(tmp_path):
@@ -245,17 +244,57 @@ def test_error_rows_file_is_sorted_and_exists_when_empty(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_shards_are_byte_identical_whatever_the_input_order(tmp_path, pipeline):
-    examples = [example("train", index) for index in range(30)]
-    for name, ordered in (("forward", examples), ("backward", examples[::-1])):
+def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_parts(
+        tmp_path, pipeline, make_image):
+    rng = np.random.default_rng(3)
+    input_files = []
+    for index in range(30):
+        relative = f"label{index % 3}/{index}.png"
+        data = make_image(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), "PNG")
+        input_files.append(InputFile("image", str(tmp_path), write(tmp_path / relative, data), relative, len(data)))
+    # 30 files of 1000 bytes in one shard: parts of 10**9 bytes make one part, parts of 8000 bytes four.
+    runs = {"forward": (input_files, 10**9), "backward": (input_files[::-1], 10**9), "parts": (input_files, 8000)}
+    for name, (ordered, part_bytes) in runs.items():
         p = BeamTestPipeline(options=pipeline.options)
-        files_per_split = p | "FilesPerSplit" >> beam.Create([("train", 30)])
-        _ = (p | beam.Create(ordered)
-             | WriteShards(dataset_dir=str(tmp_path / name), files_per_split=files_per_split, record_bytes=116,
-                           shard_bytes=1000, fixed_num_shards=None, compression=None))
+        vocabulary = p | "Vocabulary" >> beam.Create([{"label0": 0, "label1": 1, "label2": 2}])
+        split_lists = p | "SplitLists" >> beam.Create([{}])
+        shard_files = (p
+                       | beam.Create(ordered)
+                       | AssignShards(split_config=SplitConfig(validation_percent=0, test_percent=0),
+                                      split_lists=split_lists, record_bytes=1000, shard_bytes=10**9,
+                                      fixed_num_shards=None, part_bytes=part_bytes)
+                       | beam.GroupByKey()
+                       | beam.ParDo(FeaturizePart(modality="image", config=ImageConfig(),
+                                                  dataset_dir=str(tmp_path / name)),
+                                    vocabulary=beam.pvalue.AsSingleton(vocabulary))
+                       | WriteShards(dataset_dir=str(tmp_path / name), compression=None))
+        assert_that(shard_files, equal_to([ShardFile("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
+                                                     30, {"label0": 10, "label1": 10, "label2": 10})]))
         p.run()
-    forward = sorted(path.name for path in (tmp_path / "forward").iterdir())
-    assert forward == sorted(path.name for path in (tmp_path / "backward").iterdir())
-    assert len(forward) == num_shards_for(30 * 116, shard_bytes=1000, fixed_num_shards=None)
-    for name in forward:
-        assert (tmp_path / "forward" / name).read_bytes() == (tmp_path / "backward" / name).read_bytes(), name
+    assert len(list((tmp_path / "parts").glob(".tmp-train-00000-part-*.tfrecord"))) == 4
+    shard_name = ".tmp-train-00000.tfrecord"
+    shard = (tmp_path / "forward" / shard_name).read_bytes()
+    assert (tmp_path / "backward" / shard_name).read_bytes() == shard == (tmp_path / "parts" / shard_name).read_bytes()
+    paths = [decode_example(record)["path"] for record in read_framed_records(tmp_path / "parts" / shard_name)]
+    assert paths == in_path_hash_order(f.relative_path for f in input_files)
+
+
+def test_write_shards_concatenates_parts_in_order_and_gzips(tmp_path, pipeline):
+    parts = []
+    for part, records in enumerate(([b"a", b"bb"], [b"ccc"], [b"dddd", b"e"])):
+        temp_path = tmp_path / f"part{part}"
+        with open(temp_path, "wb") as handle:
+            for record in records:
+                _TFRecordUtil.write_record(handle, record)
+        parts.append(ShardPart("train", 3, part, str(temp_path), len(records), {"x": len(records) - 1, "y": 1}))
+
+    shard_files = (pipeline
+                   | beam.Create(parts[::-1])
+                   | WriteShards(dataset_dir=str(tmp_path / "out"), compression="GZIP"))
+
+    temp_path = str(tmp_path / "out" / ".tmp-train-00003.tfrecord.gz")
+    assert_that(shard_files, equal_to([ShardFile("train", 3, temp_path, 5, {"x": 2, "y": 3})]))
+    pipeline.run()
+    unpacked = tmp_path / "unpacked"
+    unpacked.write_bytes(gzip.decompress(open(temp_path, "rb").read()))
+    assert read_framed_records(unpacked) == [b"a", b"bb", b"ccc", b"dddd", b"e"]
