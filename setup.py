@@ -17,7 +17,7 @@ WORKER_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],
-    "trainer": ["tensorflow-cpu>=2.16", "matplotlib>=3.8"],
+    "trainer": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "matplotlib>=3.8"],  # TensorBoard logs need the tensorboard package
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
     "test": ["pytest>=8", "playwright>=1.45"],
 }

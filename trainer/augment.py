@@ -93,7 +93,7 @@ def make_masks(*, axis: int, count: int, max_fraction: float) -> Callable | None
     def masks(spectrograms, labels):
         batch, length = tf.shape(spectrograms)[0], tf.shape(spectrograms)[axis]
         length_f = tf.cast(length, tf.float32)
-        widths = tf.floor(tf.random.uniform([batch, count, 1], 0, max_fraction * length_f + 1))
+        widths = tf.floor(tf.random.uniform([batch, count, 1], 0, tf.floor(max_fraction * length_f) + 1))
         starts = tf.floor(tf.random.uniform([batch, count, 1]) * (length_f - widths + 1))
         positions = tf.cast(tf.range(length), tf.float32)[None, None, :]
         masked = tf.reduce_any((positions >= starts) & (positions < starts + widths), axis=1)  # [batch, length]
@@ -105,9 +105,9 @@ def make_masks(*, axis: int, count: int, max_fraction: float) -> Callable | None
 
 
 def make_noise_floor(max_db_below_peak: float) -> Callable | None:
-    """Adds a flat random noise floor between max_db_below_peak and 20 dB lower, below each clip's peak.
+    """Adds white noise at max_db_below_peak to 20 dB further below each clip's peak.
 
-    Synthesizers and microphones differ most in their silences: this hides the difference.
+    Synthetic clips hold digital silence; other recordings hold noise there.
     """
     if not max_db_below_peak:
         return None

@@ -21,17 +21,18 @@ def _option(default, help_text: str):
 class TrainConfig:
     # Model and optimisation.
     model: str = _option("seed", "network: 'seed' (the reference convnet) or 'wide' (more filters + batch norm)")
-    epochs: int = _option(40, "maximum passes over the training split; early stopping usually ends sooner")
-    batch_size: int = _option(64, "examples per step; small batches regularise this small net well")
+    epochs: int = _option(40, "passes over the training data; the cosine schedule spans them all")
+    batch_size: int = _option(64, "examples per training step")
     learning_rate: float = _option(1e-3, "initial RMSprop step size (Keras' default)")
     schedule: str = _option("cosine", "learning rate 'cosine' (decays to 0 over --epochs) or 'constant'")
     label_smoothing: float = _option(0.0, "cross-entropy label smoothing; 0 = plain one-hot targets")
     patience: int = _option(10, "epochs without a better validation accuracy before early stopping")
     seed: int = _option(0, "seeds weight init, file order, shuffling and augmentation")
     # Input pipeline.
-    shuffle_buffer_mb: float = _option(128.0, "memory for the shuffle buffer: ~5k spectrograms or all of Fashion-MNIST")
-    cache: bool = _option(False, "keep the parsed training split in memory after the first epoch")
-    # Training-only audio augmentations, applied to log-mel spectrograms in tf.data; 0 turns one off.
+    shuffle_buffer_mb: float = _option(128.0, "shuffle buffer memory: ~5k spectrograms, all of Fashion-MNIST")
+    cache: bool = _option(False, "hold the training records in RAM after the first epoch")
+    # Training-only augmentations of audio (images get none), applied to log-mel spectrogram batches in
+    # tf.data; 0 turns one off. Defaults measured on unseen synthetic voices: see trainer/augment.py.
     time_shift: float = _option(0.1, "shift a clip by up to this fraction of its length, either way")
     time_stretch: float = _option(0.15, "resample time by a factor in [1 - x, 1 + x]: approximates speaking rate")
     freq_shift: float = _option(0.08, "shift mel bins by up to this fraction of the bins: voice / synthesizer pitch")
