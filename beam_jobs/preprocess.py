@@ -316,6 +316,25 @@ def run(argv=None, save_main_session=True) -> PreprocessSummary:
     return summary
 
 
-if __name__ == "__main__":
+class _ProgressOfOwnCode(logging.Filter):
+    """Passes warnings, and the info lines that beam_jobs code logged in a worker.
+
+    Beam relays every line its local workers log, at INFO, which would bury the
+    progress a person wants to follow (files matched, files featurized).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "beam_jobs" in record.getMessage()
+
+
+def show_progress_only() -> None:
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    relay.setLevel(logging.INFO)
+    relay.addFilter(_ProgressOfOwnCode())
+
+
+if __name__ == "__main__":
+    show_progress_only()
     run()

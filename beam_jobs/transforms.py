@@ -32,6 +32,7 @@ from beam_jobs.sharding import (PART_BYTES, PartWriter, num_parts_for, num_shard
                                 shard_order, write_atomically)
 from beam_jobs.splits import assign_split
 
+_LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "soundsight"
 ERRORS_NAME = "errors.jsonl"
 FEATURIZERS = {"audio": audio.featurize_wav, "image": image.featurize_image}
@@ -274,7 +275,7 @@ class FeaturizePart(beam.DoFn):
     def _log_progress(self):
         self._files_seen += 1
         if self._files_seen % PROGRESS_EVERY == 0:
-            logging.info("%s: this worker has featurized %d files", self._modality, self._files_seen)
+            _LOGGER.info("%s: this worker has featurized %d files", self._modality, self._files_seen)
 
 
 def write_error_rows(error_rows: list[ErrorRow], *, path: str) -> None:
