@@ -5,6 +5,12 @@ batch: spectrograms float32 [batch, frames, bins] (natural-log power, as stored)
 labels float32 one-hot [batch, classes]. Every example draws its own random
 parameters. They run inside `Dataset.map` after batching, so they are vectorised
 over the batch; a parameter of 0 makes the factory return None (no op).
+
+What they buy, measured with the seed network trained on espeak-ng voices only
+(25 epochs) and tested on festival voices, chance 0.033: none 0.53; time shift +
+stretch alone 0.53; frequency shift + stretch alone 0.48; masks alone 0.55; the
+defaults (all three) 0.58, at the price of in-domain test accuracy (0.996 -> 0.965).
+Noise floor, mixup and stronger frequency warps did not help; they stay off.
 """
 from typing import Callable
 
@@ -69,22 +75,6 @@ def make_freq_stretch(max_deviation: float) -> Callable | None:
     return freq_stretch
 
 
-def make_warp(*, axis: int, max_fraction: float) -> Callable | None:
-    """Warps `axis` (1 time, 2 frequency) piecewise-linearly: a random point moves by up to max_fraction.
-
-    In time, one part of a word gets longer and the rest shorter (a different rhythm); in
-    frequency, one band of formants moves more than the others (a different voice).
-    """
-    if not max_fraction:
-        return None
-
-    def warp(spectrograms, labels):
-        positions = _piecewise_positions(spectrograms, axis=axis, max_fraction=max_fraction)
-        return _resample(spectrograms, axis=axis, positions=positions, fill_silence=False), labels
-
-    return warp
-
-
 def make_masks(*, axis: int, count: int, max_fraction: float) -> Callable | None:
     """SpecAugment: `count` bands of up to max_fraction of `axis` (1 time, 2 frequency) set to the clip's mean."""
     if not count or not max_fraction:
@@ -143,14 +133,12 @@ def make_mixup(alpha: float) -> Callable | None:
 
 
 def make_audio_augmentation(config: TrainConfig) -> Callable | None:
-    """All enabled augmentations of `config`, in order: warps, noise, masks, mixup; None if none is."""
+    """All enabled augmentations of `config`, in order: stretches and shifts, noise, masks, mixup; or None."""
     ops = [op for op in (
         make_time_stretch(config.time_stretch),
         make_time_shift(config.time_shift),
         make_freq_stretch(config.freq_stretch),
         make_freq_shift(config.freq_shift),
-        make_warp(axis=1, max_fraction=config.time_warp),
-        make_warp(axis=2, max_fraction=config.freq_warp),
         make_noise_floor(config.noise_floor_db),
         make_masks(axis=1, count=config.time_masks, max_fraction=config.time_mask_width),
         make_masks(axis=2, count=config.freq_masks, max_fraction=config.freq_mask_width),
@@ -177,18 +165,6 @@ def _affine_positions(spectrograms, *, axis: int, scale, shift, about_centre: bo
     centre = last / 2 if about_centre else 0.0
     index = tf.cast(tf.range(tf.shape(spectrograms)[axis]), tf.float32)[None, :]
     return (index - centre) * scale[:, None] + centre - shift[:, None]
-
-
-def _piecewise_positions(spectrograms, *, axis: int, max_fraction: float):
-    """Source positions [batch, length] that move a random anchor (middle half of the axis) by up to
-    max_fraction of the axis and stretch both sides linearly to fit; the ends stay put."""
-    last = tf.cast(tf.shape(spectrograms)[axis] - 1, tf.float32)
-    anchor = _uniform_per_example(spectrograms, 0.25, 0.75)[:, None] * last
-    moved = anchor + _uniform_per_example(spectrograms, -max_fraction, max_fraction)[:, None] * last
-    index = tf.cast(tf.range(tf.shape(spectrograms)[axis]), tf.float32)[None, :]
-    before = index * anchor / moved
-    after = anchor + (index - moved) * (last - anchor) / (last - moved)
-    return tf.where(index <= moved, before, after)
 
 
 def _resample(spectrograms, *, axis: int, positions, fill_silence: bool):

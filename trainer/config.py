@@ -37,8 +37,6 @@ class TrainConfig:
     time_stretch: float = _option(0.15, "resample time by a factor in [1 - x, 1 + x]: approximates speaking rate")
     freq_shift: float = _option(0.08, "shift mel bins by up to this fraction of the bins: voice / synthesizer pitch")
     freq_stretch: float = _option(0.1, "scale the mel axis by [1 - x, 1 + x]: vocal tract length")
-    time_warp: float = _option(0.0, "move a random time point by up to this fraction, stretching both sides")
-    freq_warp: float = _option(0.0, "move a random mel bin by up to this fraction, stretching both sides")
     time_masks: int = _option(2, "SpecAugment time masks per clip")
     time_mask_width: float = _option(0.1, "maximum width of a time mask, as a fraction of the frames")
     freq_masks: int = _option(2, "SpecAugment frequency masks per clip")
@@ -58,8 +56,6 @@ class TrainConfig:
         for name in ("time_shift", "time_stretch", "freq_shift", "freq_stretch", "time_mask_width",
                      "freq_mask_width"):
             _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "in [0, 1)")
-        for name in ("time_warp", "freq_warp"):
-            _require(0 <= getattr(self, name) < 0.2, name, getattr(self, name), "in [0, 0.2)")
         _require(self.time_masks >= 0, "time_masks", self.time_masks, ">= 0")
         _require(self.freq_masks >= 0, "freq_masks", self.freq_masks, ">= 0")
         _require(self.noise_floor_db >= 0, "noise_floor_db", self.noise_floor_db, ">= 0")

@@ -108,7 +108,9 @@ def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[s
         lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.compression or ""),
         cycle_length=min(len(paths), _INTERLEAVE_CYCLE), num_parallel_calls=AUTOTUNE,
         deterministic=not training)  # training takes whichever shard is ready first
-    # The manifest's counts give Keras exact epoch lengths, and fail loudly if shards and manifest disagree.
+    # Plain finite epochs, not repeat() + steps_per_epoch: every epoch sees each example once, validation
+    # and BackupAndRestore act at true epoch boundaries, and the manifest's counts give Keras the exact
+    # length (the progress bar's total) while failing loudly if shards and manifest disagree.
     records = records.apply(tf.data.experimental.assert_cardinality(num_examples))
     if cache:
         # Serialized records, before the shuffle, so every epoch is still shuffled anew.

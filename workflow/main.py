@@ -50,8 +50,8 @@ class JobConfig:
 
 FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5, fashion_per_class=None,
                  audio_epochs=40, image_epochs=30, predict_samples=8)
-QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=40, festival_per_voice=2, fashion_per_class=300,
-                  audio_epochs=8, image_epochs=4, predict_samples=4)
+QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=60, festival_per_voice=2, fashion_per_class=300,
+                  audio_epochs=30, image_epochs=10, predict_samples=4)
 
 
 @dataclasses.dataclass(frozen=True)
