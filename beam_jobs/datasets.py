@@ -47,6 +47,7 @@ SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE
 SILENCE_FRACTION = 0.005  # below this fraction of the peak is the synthesizer's padding, not the word
 CORPUS_RECORD = "corpus.json"
+CORPUS_FORMAT = 2  # raised when a fix changes the clips, so corpora built before it are rebuilt
 TESTING_LIST = "testing_list.txt"
 ESPEAK_APT = "espeak-ng"
 FESTIVAL_APT = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
@@ -112,6 +113,9 @@ def parse_streamed_wav(data: bytes, *, source: str) -> tuple[int, np.ndarray]:
                                  f"{channels} channels, {bits} bits")
         elif chunk_id == b"data" and sample_rate is not None:
             payload = data[body:]
+            # text2wave cannot seek back on a pipe, so it appends its finished 44-byte header instead.
+            if len(payload) >= 44 and payload[-44:-40] == b"RIFF" and payload[-36:-32] == b"WAVE":
+                payload = payload[:-44]
             return sample_rate, np.frombuffer(payload[:len(payload) // 2 * 2], "<i2")
         position = body + size + size % 2
     raise ValueError(f"{source}: synthesizer output has no fmt chunk followed by a data chunk")
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         apt, engine = FESTIVAL_APT, run_tool(["festival", "--version"], apt=FESTIVAL_APT)
         parameters = {"per_voice": args.per_voice}
-    parameters.update(command=args.command, engine=engine.decode("utf-8").strip(), words=args.words,
+    parameters.update(format=CORPUS_FORMAT, command=args.command, engine=engine.decode("utf-8").strip(), words=args.words,
                       seed=args.seed)
     if is_finished(args.out, parameters=parameters):
         print(f"{args.command}: {args.out} is already built with these parameters", flush=True)
