@@ -49,7 +49,7 @@ class JobConfig:
 
 
 FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5, fashion_per_class=None,
-                 audio_epochs=40, image_epochs=30, predict_samples=8)
+                 audio_epochs=40, image_epochs=40, predict_samples=8)
 QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=60, festival_per_voice=2, fashion_per_class=300,
                   audio_epochs=30, image_epochs=10, predict_samples=4)
 
