@@ -48,10 +48,10 @@ class JobConfig:
         return self.work_dir / "report"
 
 
-FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5, fashion_per_class=None,
-                 audio_epochs=40, image_epochs=40, predict_samples=8)
-QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=60, festival_per_voice=2, fashion_per_class=300,
-                  audio_epochs=30, image_epochs=10, predict_samples=4)
+FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5,
+                 fashion_per_class=None, audio_epochs=40, image_epochs=40, predict_samples=8)
+QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=60, festival_per_voice=2,
+                  fashion_per_class=300, audio_epochs=30, image_epochs=10, predict_samples=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +163,11 @@ def print_summary(job: JobConfig, *, seconds: float) -> None:
     errors_path = records / "errors.jsonl"
     error_rows = [line for line in errors_path.read_text().splitlines() if line.strip()]
     print(f"pipeline errors: {len(error_rows)} (listed in {errors_path})")
-    for name, path in (("speech commands, test split", job.models_dir / "audio" / "metrics-test.json"),
-                       ("speech commands, unseen festival voices", job.models_dir / "audio" / "metrics-festival-test.json"),
-                       ("Fashion-MNIST, official test split", job.models_dir / "image" / "metrics-test.json")):
-        print(f"accuracy, {name}: {json.loads(path.read_text())['accuracy']:.4f}")
+    for name, modality, metrics in (("speech commands, test split", "audio", "metrics-test.json"),
+                                    ("speech commands, unseen festival voices", "audio", "metrics-festival-test.json"),
+                                    ("Fashion-MNIST, official test split", "image", "metrics-test.json")):
+        accuracy = json.loads((job.models_dir / modality / metrics).read_text())["accuracy"]
+        print(f"accuracy, {name}: {accuracy:.4f}")
     print(f"models: {job.models_dir}/audio, {job.models_dir}/image")
     print(f"report: {(job.report_dir / 'index.html').resolve()}")
     print(f"total time: {seconds / 60:.1f} min")
@@ -179,7 +180,8 @@ def main(argv=None) -> None:
     overrides = parser.add_argument_group("overrides of the preset (full or --quick)")
     overrides.add_argument("--work_dir", type=Path, help="where data/, models/ and report/ go")
     overrides.add_argument("--words", help="comma-separated subset of the 30 words")
-    for field in ("speakers_per_word", "festival_per_voice", "fashion_per_class", "audio_epochs", "image_epochs", "predict_samples"):
+    for field in ("speakers_per_word", "festival_per_voice", "fashion_per_class", "audio_epochs", "image_epochs",
+                  "predict_samples"):
         overrides.add_argument(f"--{field}", type=int)
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
