@@ -21,6 +21,11 @@ def relative_to_root(path: str, root: str) -> str:
     return path[len(prefix):].replace("\\", "/")
 
 
+def join_root(root: str, relative_path: str) -> str:
+    """The inverse of relative_to_root: the path that `relative_path` was taken from."""
+    return root.rstrip("/") + "/" + relative_path
+
+
 def classify(relative_path: str, *, extensions: tuple[str, ...]) -> str:
     """'skipped' inside a folder named `_...`, 'ignored' for other extensions, else 'input'."""
     folders = relative_path.split("/")[:-1]

@@ -19,13 +19,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_jobs.config import AUDIO_EXTENSIONS, AudioConfig, ImageConfig, SplitConfig
 from beam_jobs.examples import decode_example
 from beam_jobs.examples import encode_example
-from beam_jobs.layout import class_folder, classify, relative_to_root
+from beam_jobs.layout import class_folder, classify, join_root, relative_to_root
 from beam_jobs.sharding import (ShardFile, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import assign_split
 from beam_jobs.transforms import (METRICS_NAMESPACE, AssignShards, ComputeVocabulary, ErrorRow, FeaturizePart,
-                                  InputFile, MatchInputFiles, ReadSplitLists, _key_by_part,
-                                  read_split_lists_of_roots, write_error_rows)
+                                  InputFile, InputFileCoder, MatchInputFiles, ReadSplitLists, _key_by_part,
+                                  read_at_most, read_split_lists_of_roots, write_error_rows)
 
 
 @pytest.fixture
@@ -49,6 +49,39 @@ def test_relative_paths_labels_and_kinds():
     assert classify("_background_noise_/a.wav", extensions=AUDIO_EXTENSIONS) == "skipped"
     assert classify("yes/_old/a.wav", extensions=AUDIO_EXTENSIONS) == "skipped"
     assert classify("validation_list.txt", extensions=AUDIO_EXTENSIONS) == "ignored"
+    for path, root in (("/data/speech/yes/a.wav", "/data/speech"), ("gs://b/s/yes/a.wav", "gs://b/s/")):
+        assert join_root(root, relative_to_root(path, root)) == path
+    assert InputFile("gs://b/s", "yes/a.wav", 3).path == "gs://b/s/yes/a.wav"
+
+
+def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
+    path = tmp_path / "a.bin"
+    data = bytes(range(256)) * 40  # 10240 bytes
+    path.write_bytes(data)
+    # As listed, smaller than listed (shrunk since), larger than listed (grew since), empty.
+    for expected_bytes in (len(data), len(data) + 500, 10, 0):
+        assert read_at_most(str(path), limit=10**6, expected_bytes=expected_bytes) == data, expected_bytes
+    # The limit holds however wrong the listed size is, so the caller sees a file over the limit.
+    for expected_bytes in (len(data), 10):
+        assert read_at_most(str(path), limit=5001, expected_bytes=expected_bytes) == data[:5001]
+    path.write_bytes(b"")
+    assert read_at_most(str(path), limit=100, expected_bytes=0) == b""
+
+
+def test_file_references_are_shuffled_with_a_compact_coder(pipeline):
+    split_lists = pipeline | "SplitLists" >> beam.Create([{}])
+    keyed = (pipeline
+             | beam.Create([InputFile("/r", "yes/a.wav", 1)])
+             | AssignShards(split_config=SplitConfig(), split_lists=split_lists, record_bytes=100,
+                            shard_bytes=1000, fixed_num_shards=None))
+    coder = beam.coders.registry.get_coder(keyed.element_type)
+    assert isinstance(coder, beam.coders.TupleCoder), coder
+    assert isinstance(coder.coders()[1], InputFileCoder), coder
+    # The grouping key (split, shard, part) and the reference: root, relative path, size; nothing pickled.
+    element = (("validation", 0, 0), InputFile("/data/speech", "yes/a_nohash_0.wav", 32044))
+    decoded = coder.decode(coder.encode(element))
+    assert decoded == element and type(decoded[1]) is InputFile and decoded[1].path == "/data/speech/yes/a_nohash_0.wav"
+    assert len(coder.encode(element)) < 60
 
 
 def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_path, pipeline):
@@ -62,11 +95,11 @@ def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_pa
                                              extensions=AUDIO_EXTENSIONS)
 
     assert_that(input_files, equal_to([
-        InputFile("audio", str(first), str(first / "yes/a.wav"), "yes/a.wav", 1),
-        InputFile("audio", str(first), str(first / "yes/sub/b.WAV"), "yes/sub/b.WAV", 1),
-        InputFile("audio", str(first), str(first / "no/c.wav"), "no/c.wav", 1),
-        InputFile("audio", str(first), str(first / "root.wav"), "root.wav", 1),
-        InputFile("audio", str(second), str(second / "up/e.wav"), "up/e.wav", 2),
+        InputFile(str(first), "yes/a.wav", 1),
+        InputFile(str(first), "yes/sub/b.WAV", 1),
+        InputFile(str(first), "no/c.wav", 1),
+        InputFile(str(first), "root.wav", 1),
+        InputFile(str(second), "up/e.wav", 2),
     ]))
     result = pipeline.run()
     counters = {counter.key.metric.name: counter.committed for counter in
@@ -75,7 +108,7 @@ def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_pa
 
 
 def test_vocabulary_indexes_the_sorted_class_folders(pipeline):
-    input_files = [InputFile("audio", "/r", f"/r/{relative}", relative, 1)
+    input_files = [InputFile("/r", relative, 1)
                    for relative in ("yes/a.wav", "no/b.wav", "yes/c.wav", "up/x/d.wav", "root.wav")]
 
     vocabulary = pipeline | beam.Create(input_files) | ComputeVocabulary()
@@ -124,10 +157,11 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
         "root.wav": good,
         "maybe/unknown_label.wav": good,
     }
-    input_files = [InputFile("audio", root, write(tmp_path / "in" / relative, data), relative, len(data))
-                   for relative, data in files.items()]
+    for relative, data in files.items():
+        write(tmp_path / "in" / relative, data)
+    input_files = [InputFile(root, relative, len(data)) for relative, data in files.items()]
     # The listing says this one is huge: it must be rejected without being read.
-    input_files.append(InputFile("audio", root, str(tmp_path / "in/yes/good.wav"), "yes/good.wav", 10**12))
+    input_files.append(InputFile(root, "yes/good.wav", 10**12))
     config = AudioConfig(max_file_bytes=10**6)
     bad_only = [input_file for input_file in input_files if input_file.relative_path == "no/empty.wav"]
 
@@ -179,7 +213,7 @@ def test_shard_and_part_counts_and_indices():
     # Parts are ranges of the hash, so concatenating them in order keeps a shard in path-hash order.
     parts_in_order = [part_index(path, num_parts=5) for path in in_path_hash_order(paths)]
     assert parts_in_order == sorted(parts_in_order)
-    input_file = InputFile("audio", "/r", "/r/yes/a.wav", "yes/a.wav", 1)
+    input_file = InputFile("/r", "yes/a.wav", 1)
     key, value = _key_by_part(("train", input_file), {"train": 4}, record_bytes=100, shard_bytes=200,
                               fixed_num_shards=None, part_bytes=50)
     assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), input_file)
@@ -194,7 +228,7 @@ def test_record_bytes_is_the_size_of_a_framed_record():
 
 
 def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pipeline):
-    input_files = [InputFile("audio", "/r", f"/r/yes/{index}.wav", f"yes/{index}.wav", 1) for index in range(50)]
+    input_files = [InputFile("/r", f"yes/{index}.wav", 1) for index in range(50)]
     listed = {"yes/0.wav": "validation"}
     split_config = SplitConfig(test_percent=50)
     split_lists = pipeline | "SplitLists" >> beam.Create([{"/r": listed}])
@@ -251,7 +285,8 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
     for index in range(30):
         relative = f"label{index % 3}/{index}.png"
         data = make_image(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), "PNG")
-        input_files.append(InputFile("image", str(tmp_path), write(tmp_path / relative, data), relative, len(data)))
+        write(tmp_path / relative, data)
+        input_files.append(InputFile(str(tmp_path), relative, len(data)))
     # 30 files of 1000 bytes in one shard: parts of 10**9 bytes make one part, parts of 8000 bytes four.
     runs = {"forward": (input_files, 10**9), "backward": (input_files[::-1], 10**9), "parts": (input_files, 8000)}
     for name, (ordered, part_bytes) in runs.items():
