@@ -19,6 +19,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 TRAINING_FEATURES = ("tensor", "label")
 SPLITS = ("train", "validation", "test")
 _INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
+_READ_BLOCK = 256  # records handed over at once by the shard readers
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
 
 
@@ -91,7 +92,8 @@ def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[s
     training=True shuffles shards and then examples in a buffer of `shuffle_buffer`
     examples (differently every epoch), reads shards in a non-deterministic order,
     drops the last partial batch and applies `augment` ((tensor, label) -> (tensor,
-    label) on a batch); otherwise every example comes exactly once, in manifest order.
+    label) on a batch); otherwise every example comes exactly once, in the same order
+    every time (blocks of records from the shards in turn, shards in manifest order).
     """
     if training and not shuffle_buffer:
         raise ValueError("a training dataset needs shuffle_buffer >= 1")
@@ -104,10 +106,14 @@ def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[s
     if training:
         # A new shard order every epoch mixes examples beyond what the shuffle buffer holds.
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    # Shards are read in parallel (remote storage needs it), handing over blocks of records rather than
+    # single records: a parallel interleave pays a thread hand-off per element, which for single records
+    # cost more than the reading itself (0.8 s of every Fashion-MNIST epoch, against 0.15 s in blocks).
     records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.compression or ""),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.compression or "").batch(
+            _READ_BLOCK),
         cycle_length=min(len(paths), _INTERLEAVE_CYCLE), num_parallel_calls=AUTOTUNE,
-        deterministic=not training)  # training takes whichever shard is ready first
+        deterministic=not training).unbatch()  # training takes whichever shard is ready first
     # Plain finite epochs, not repeat() + steps_per_epoch: every epoch sees each example once, validation
     # and BackupAndRestore act at true epoch boundaries, and the manifest's counts give Keras the exact
     # length (the progress bar's total) while failing loudly if shards and manifest disagree.
