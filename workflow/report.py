@@ -37,7 +37,7 @@ def held_out_by_label(manifest: DatasetManifest) -> dict[str, list[Path]]:
 
 
 def plot_word_examples(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> list[str]:
-    """One PNG per word: the waveform above its log-mel spectrogram. Returns the file names."""
+    """One PNG per word: the clip the model gets, as waveform above log-mel spectrogram. Returns the file names."""
     config = manifest.featurizer_config()
     names = []
     for label in manifest.labels:
@@ -46,11 +46,14 @@ def plot_word_examples(manifest: DatasetManifest, files: dict[str, list[Path]], 
         path = files[label][0]
         data = path.read_bytes()
         samples, rate = audio.decode_wav(data, config=config)
+        # The clip the model gets (resampled, cut or padded around the word), so that it lines up with the
+        # spectrogram; the file itself may hold the word anywhere.
+        clip = audio.fit_to_clip(audio.resample(samples, from_rate=rate, to_rate=config.sample_rate), config=config)
         spectrogram = manifest.featurize(data)
         figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 3.4), height_ratios=(1, 2))
-        top.plot(np.arange(samples.size) / rate, samples, linewidth=0.5, color="#333")
+        top.plot(np.arange(clip.size) / config.sample_rate, clip, linewidth=0.5, color="#333")
         top.set_title(f'"{label}"', fontsize=11)
-        top.set_xlim(0, samples.size / rate)
+        top.set_xlim(0, config.clip_seconds)
         top.set_yticks([])
         top.tick_params(labelsize=7)
         bottom.imshow(spectrogram.T, origin="lower", aspect="auto", cmap="magma",
@@ -139,7 +142,8 @@ def _predictions_section(rows: list[dict], truths: list[str]) -> str:
         top = row["top"][0]
         verdict = "right" if top["label"] == truth else "wrong"
         others = ", ".join(f"{item['label']} {item['probability']:.2f}" for item in row["top"][1:])
-        table_rows.append([Path(row["path"]).name, truth, f"{top['label']} ({top['probability']:.2f})", verdict, others])
+        predicted = f"{top['label']} ({top['probability']:.2f})"
+        table_rows.append([Path(row["path"]).name, truth, predicted, verdict, others])
     return _table(["file", "true label", "predicted", "", "next guesses"], table_rows)
 
 
@@ -152,7 +156,9 @@ def write_report(*, data_dir: Path, models_dir: Path, out: Path, predict_samples
     sections = []
 
     words = plot_word_examples(manifests["audio"], held_out["audio"], out=out)
-    sections.append("<h2>Speech commands: each word as waveform and spectrogram</h2><div class=words>"
+    sections.append("<h2>Speech commands: each word as waveform and spectrogram</h2>"
+                    "<p>A held-out clip per word as the model gets it: resampled, and cut or padded to one clip "
+                    "length around the word.</p><div class=words>"
                     + "".join(f'<img src="{name}" alt="{name}">' for name in words) + "</div>")
     sections.append("<h2>Fashion-MNIST: held-out images per class</h2>"
                     f'<img src="{plot_image_examples(manifests["image"], held_out["image"], out=out)}" alt="images">')
