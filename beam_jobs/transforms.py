@@ -17,7 +17,6 @@ and the manifest in `beam_jobs.sharding`.
 import hashlib
 import json
 import logging
-import sys
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
@@ -72,9 +71,7 @@ class InputFileCoder(beam.coders.Coder):
         return self._fields.encode(value)
 
     def decode(self, encoded: bytes) -> InputFile:
-        root, relative_path, size_bytes = self._fields.decode(encoded)
-        # The runner holds every decoded reference while it groups them: the few roots are shared, not copied.
-        return InputFile(sys.intern(root), relative_path, size_bytes)
+        return InputFile(*self._fields.decode(encoded))
 
     def is_deterministic(self) -> bool:
         return True
