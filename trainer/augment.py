@@ -23,56 +23,51 @@ _DB_TO_LOG_POWER = 0.2302585  # ln(10) / 10: the spectrogram is ln(power), dB is
 
 def make_time_shift(max_fraction: float) -> Callable | None:
     """Shifts each clip by up to max_fraction of its frames either way, filling with its quietest value."""
-    if not max_fraction:
-        return None
-
-    def time_shift(spectrograms, labels):
-        frames = tf.cast(tf.shape(spectrograms)[1], tf.float32)
-        shift = _uniform_per_example(spectrograms, -max_fraction, max_fraction) * frames
-        positions = _affine_positions(spectrograms, axis=1, scale=tf.ones_like(shift), shift=shift, about_centre=True)
-        return _resample(spectrograms, axis=1, positions=positions, fill_silence=True), labels
-
-    return time_shift
+    return _make_shift(axis=1, max_fraction=max_fraction, fill_silence=True)
 
 
 def make_time_stretch(max_deviation: float) -> Callable | None:
     """Stretches each clip in time about its centre by a factor in [1 - d, 1 + d] (speaking rate)."""
-    if not max_deviation:
-        return None
-
-    def time_stretch(spectrograms, labels):
-        scale = _uniform_per_example(spectrograms, 1 - max_deviation, 1 + max_deviation)
-        positions = _affine_positions(spectrograms, axis=1, scale=scale, shift=tf.zeros_like(scale), about_centre=True)
-        return _resample(spectrograms, axis=1, positions=positions, fill_silence=True), labels
-
-    return time_stretch
+    return _make_stretch(axis=1, max_deviation=max_deviation, about_centre=True, fill_silence=True)
 
 
 def make_freq_shift(max_fraction: float) -> Callable | None:
     """Moves each clip up or down by up to max_fraction of its mel bins (pitch and formant offsets)."""
-    if not max_fraction:
-        return None
-
-    def freq_shift(spectrograms, labels):
-        bins = tf.cast(tf.shape(spectrograms)[2], tf.float32)
-        shift = _uniform_per_example(spectrograms, -max_fraction, max_fraction) * bins
-        positions = _affine_positions(spectrograms, axis=2, scale=tf.ones_like(shift), shift=shift, about_centre=True)
-        return _resample(spectrograms, axis=2, positions=positions, fill_silence=False), labels
-
-    return freq_shift
+    return _make_shift(axis=2, max_fraction=max_fraction, fill_silence=False)
 
 
 def make_freq_stretch(max_deviation: float) -> Callable | None:
     """Scales each clip's mel axis about bin 0 by a factor in [1 - d, 1 + d] (vocal tract length)."""
+    return _make_stretch(axis=2, max_deviation=max_deviation, about_centre=False, fill_silence=False)
+
+
+def _make_shift(*, axis: int, max_fraction: float, fill_silence: bool) -> Callable | None:
+    """Moves `axis` of each clip by up to max_fraction of its length either way."""
+    if not max_fraction:
+        return None
+
+    def shift(spectrograms, labels):
+        length = tf.cast(tf.shape(spectrograms)[axis], tf.float32)
+        offset = _uniform_per_example(spectrograms, -max_fraction, max_fraction) * length
+        positions = _affine_positions(spectrograms, axis=axis, scale=tf.ones_like(offset), shift=offset,
+                                      about_centre=True)
+        return _resample(spectrograms, axis=axis, positions=positions, fill_silence=fill_silence), labels
+
+    return shift
+
+
+def _make_stretch(*, axis: int, max_deviation: float, about_centre: bool, fill_silence: bool) -> Callable | None:
+    """Scales `axis` of each clip by a factor in [1 - d, 1 + d], about its centre or about index 0."""
     if not max_deviation:
         return None
 
-    def freq_stretch(spectrograms, labels):
+    def stretch(spectrograms, labels):
         scale = _uniform_per_example(spectrograms, 1 - max_deviation, 1 + max_deviation)
-        positions = _affine_positions(spectrograms, axis=2, scale=scale, shift=tf.zeros_like(scale), about_centre=False)
-        return _resample(spectrograms, axis=2, positions=positions, fill_silence=False), labels
+        positions = _affine_positions(spectrograms, axis=axis, scale=scale, shift=tf.zeros_like(scale),
+                                      about_centre=about_centre)
+        return _resample(spectrograms, axis=axis, positions=positions, fill_silence=fill_silence), labels
 
-    return freq_stretch
+    return stretch
 
 
 def make_masks(*, axis: int, count: int, max_fraction: float) -> Callable | None:
