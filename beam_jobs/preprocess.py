@@ -62,7 +62,7 @@ CONFIG_FLAGS = ((AudioConfig, AUDIO_FLAGS), (ImageConfig, IMAGE_FLAGS), (SplitCo
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs, built and validated from the flags at start-up."""
-    roots: dict[str, tuple[str, ...]]  # modality -> its input roots; only the modalities asked for
+    roots: dict[str, tuple[str, ...]]  # modality -> its input roots, sorted; only the modalities asked for
     output_dir: str
     configs: dict[str, AudioConfig | ImageConfig]
     split_config: SplitConfig
@@ -144,8 +144,9 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
     """(Settings, the remaining arguments for PipelineOptions)."""
     parser = build_arg_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    roots = {modality: tuple(normalize_root(root, flag=f"{modality}_root", parser=parser)
-                             for root in getattr(args, f"{modality}_root"))
+    # Sorted: a file's reference holds the index of its root, which must not depend on the flags' order.
+    roots = {modality: tuple(sorted(normalize_root(root, flag=f"{modality}_root", parser=parser)
+                                    for root in getattr(args, f"{modality}_root")))
              for modality in EXTENSIONS if getattr(args, f"{modality}_root")}
     if not roots:
         parser.error("give at least one --audio_root or --image_root")
@@ -217,7 +218,7 @@ class IngestModality(beam.PTransform):
             | "GroupByPart" >> beam.GroupByKey()
             | "FeaturizeParts" >> beam.ParDo(
                 FeaturizePart(modality=modality, config=settings.configs[modality],
-                              dataset_dir=settings.dataset_dir(modality)),
+                              dataset_dir=settings.dataset_dir(modality), roots=roots),
                 vocabulary=beam.pvalue.AsSingleton(vocabulary),
             ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
         error_rows = featurized[FeaturizePart.ERRORS]

@@ -5,7 +5,7 @@ them together is `beam_jobs.preprocess.IngestModality`:
 
   MatchInputFiles    roots -> InputFile (input extensions outside `_` folders)
   ComputeVocabulary  InputFile -> {label name: index}, the sorted class folder names
-  ReadSplitLists     roots -> one {root: {relative path: split}} from validation/testing lists
+  ReadSplitLists     roots -> one {root index: {relative path: split}} from validation/testing lists
   AssignShards       InputFile -> ((split, shard index, part), InputFile), from the file's path alone
   FeaturizePart      ((split, shard index, part), [InputFile]) -> ShardPart written in one streaming
                      pass, and an ErrorRow for each file that could not be used
@@ -28,8 +28,8 @@ from beam_jobs import audio, image
 from beam_jobs.errors import InvalidInputError
 from beam_jobs.examples import encode_example
 from beam_jobs.layout import class_folder, classify, join_root, read_split_lists, relative_to_root
-from beam_jobs.sharding import (PART_BYTES, PartWriter, num_parts_for, num_shards_for, part_index, shard_index,
-                                shard_order, write_atomically)
+from beam_jobs.sharding import (PART_BYTES, PART_FILES, PartWriter, num_parts_for, num_shards_for, part_index,
+                                shard_index, shard_order, write_atomically)
 from beam_jobs.splits import assign_split
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,29 +42,31 @@ PROGRESS_EVERY = 1000  # files between a worker's progress log lines
 class InputFile(NamedTuple):
     """A matched file that must become either an example or an error row.
 
-    Every file's reference goes through the shuffle and is held until its part is
-    featurized, so it carries only what cannot be derived: no modality (each branch
-    of the pipeline has one), no full path (the root and the relative path give it).
-    InputFileCoder encodes it in about 80 bytes with its key, against 220 pickled.
+    Every file's reference crosses two stage boundaries and the shuffle, and a
+    runner that keeps them in memory (the FnApiRunner) holds several copies of
+    each, so it carries only what cannot be derived: no modality (each branch of
+    the pipeline has one), no root (its index in the branch's roots), no full
+    path. With its key, InputFileCoder encodes it in about 40 bytes plus the
+    relative path; the root as a string added 0.25 KiB per file to the peak
+    memory of a local run.
     """
-    root: str
-    relative_path: str  # relative to `root`, forward slashes
+    root_index: int  # position of the file's root in the modality's roots
+    relative_path: str  # relative to the root, forward slashes
     size_bytes: int  # as listed; decides the size limit before the file is read
 
-    @property
-    def path(self) -> str:
-        """The full path or URL, as matched."""
-        return join_root(self.root, self.relative_path)
+    def path(self, roots: tuple[str, ...]) -> str:
+        """The full path or URL, as matched, given the modality's roots."""
+        return join_root(roots[self.root_index], self.relative_path)
 
 
 class InputFileCoder(beam.coders.Coder):
-    """InputFile as two length-prefixed strings and a varint, decoded back to an InputFile.
+    """InputFile as a varint, a length-prefixed string and a varint, decoded back to an InputFile.
 
     A coder of its own rather than RowCoder: a worker process decodes RowCoder
     rows into a generated type unless the type registry reached it, and that
     type lacks InputFile's `path`. This coder travels pickled in the pipeline.
     """
-    _fields = beam.coders.TupleCoder([beam.coders.StrUtf8Coder(), beam.coders.StrUtf8Coder(),
+    _fields = beam.coders.TupleCoder([beam.coders.VarIntCoder(), beam.coders.StrUtf8Coder(),
                                       beam.coders.VarIntCoder()])
 
     def encode(self, value: InputFile) -> bytes:
@@ -116,7 +118,7 @@ def read_text_if_present(path: str) -> str | None:
 
 
 class _ListInputFiles(beam.DoFn):
-    """root -> InputFile for each input file under it; counts the files it passes over."""
+    """(root index, root) -> InputFile for each input file under the root; counts the files it passes over."""
 
     def __init__(self, *, modality: str, extensions: tuple[str, ...]):
         self._modality = modality
@@ -125,17 +127,18 @@ class _ListInputFiles(beam.DoFn):
     def setup(self):
         self._counters = ModalityCounters(self._modality)
 
-    def process(self, root: str) -> Iterable[InputFile]:
+    def process(self, indexed_root: tuple[int, str]) -> Iterable[InputFile]:
+        root_index, root = indexed_root
         for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
             relative_path = relative_to_root(metadata.path, root)
             kind = classify(relative_path, extensions=self._extensions)
             self._counters.inc(f"{kind}_files")
             if kind == "input":
-                yield InputFile(root, relative_path, metadata.size_in_bytes)
+                yield InputFile(root_index, relative_path, metadata.size_in_bytes)
 
 
 class MatchInputFiles(beam.PTransform):
-    """PBegin -> InputFile for every input file under `roots`.
+    """PBegin -> InputFile for every input file under `roots`, with the index of its root.
 
     Files inside `_` folders (such as `_background_noise_`) and files with other
     extensions (such as the split lists) are counted in the metrics
@@ -150,7 +153,7 @@ class MatchInputFiles(beam.PTransform):
 
     def expand(self, pipeline):
         return (pipeline
-                | "Roots" >> beam.Create(self._roots)
+                | "Roots" >> beam.Create(list(enumerate(self._roots)))
                 | "ListInputFiles" >> beam.ParDo(
                     _ListInputFiles(modality=self._modality, extensions=self._extensions)))
 
@@ -175,12 +178,13 @@ class ComputeVocabulary(beam.PTransform):
                 | "IndexSortedClasses" >> beam.Map(lambda names: index_labels(sorted(names))))
 
 
-def read_split_lists_of_roots(roots: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    return {root: read_split_lists(root, read_text=read_text_if_present) for root in roots}
+def read_split_lists_of_roots(roots: tuple[str, ...]) -> dict[int, dict[str, str]]:
+    return {root_index: read_split_lists(root, read_text=read_text_if_present)
+            for root_index, root in enumerate(roots)}
 
 
 class ReadSplitLists(beam.PTransform):
-    """PBegin -> one {root: {relative path: split}}, to use as an AsSingleton side input."""
+    """PBegin -> one {root index: {relative path: split}}, to use as an AsSingleton side input."""
 
     def __init__(self, *, roots: tuple[str, ...]):
         super().__init__()
@@ -193,8 +197,8 @@ class ReadSplitLists(beam.PTransform):
 
 
 def split_of(input_file: InputFile, split_lists: dict, *, config) -> str:
-    """The split of a file from its path alone; `split_lists` maps each root to its listed files."""
-    return assign_split(input_file.relative_path, config=config, listed=split_lists.get(input_file.root, {}))
+    """The split of a file from its path alone; `split_lists` maps each root index to its listed files."""
+    return assign_split(input_file.relative_path, config=config, listed=split_lists.get(input_file.root_index, {}))
 
 
 def _with_split(input_file: InputFile, split_lists: dict, *, config) -> tuple[str, InputFile]:
@@ -202,11 +206,13 @@ def _with_split(input_file: InputFile, split_lists: dict, *, config) -> tuple[st
 
 
 def _key_by_part(split_and_file, files_per_split: dict[str, int], *, record_bytes: int, shard_bytes: int,
-                 fixed_num_shards: int | None, part_bytes: int) -> tuple[tuple[str, int, int], InputFile]:
+                 fixed_num_shards: int | None, part_bytes: int,
+                 part_files: int) -> tuple[tuple[str, int, int], InputFile]:
     split, input_file = split_and_file
-    split_bytes = files_per_split[split] * record_bytes
-    num_shards = num_shards_for(split_bytes, shard_bytes=shard_bytes, fixed_num_shards=fixed_num_shards)
-    num_parts = num_parts_for(split_bytes, num_shards=num_shards, part_bytes=part_bytes)
+    num_files = files_per_split[split]
+    num_shards = num_shards_for(num_files * record_bytes, shard_bytes=shard_bytes, fixed_num_shards=fixed_num_shards)
+    num_parts = num_parts_for(num_files, record_bytes=record_bytes, num_shards=num_shards, part_bytes=part_bytes,
+                              part_files=part_files)
     return (split, shard_index(input_file.relative_path, num_shards=num_shards),
             part_index(input_file.relative_path, num_parts=num_parts)), input_file
 
@@ -214,16 +220,16 @@ def _key_by_part(split_and_file, files_per_split: dict[str, int], *, record_byte
 class AssignShards(beam.PTransform):
     """InputFile -> ((split, shard index, part), InputFile), from the file's relative path alone.
 
-    `split_lists` is a singleton {root: {relative path: split}}. A split has
+    `split_lists` is a singleton {root index: {relative path: split}}. A split has
     `fixed_num_shards` hash buckets, or its uncompressed bytes (its number of
     listed files times `record_bytes`) divided by `shard_bytes`, rounded up; each
-    bucket is cut into parts of about `part_bytes`, the unit of work.
+    bucket is cut into parts, the unit of work, of at most about `part_bytes` and `part_files`.
     Counting files rather than featurized examples fixes every file's shard before
     any file is read; files that turn out bad only make the shards a little smaller.
     """
 
     def __init__(self, *, split_config, split_lists, record_bytes: int, shard_bytes: int,
-                 fixed_num_shards: int | None, part_bytes: int = PART_BYTES):
+                 fixed_num_shards: int | None, part_bytes: int = PART_BYTES, part_files: int = PART_FILES):
         super().__init__()
         self._split_config = split_config
         self._split_lists = split_lists
@@ -231,6 +237,7 @@ class AssignShards(beam.PTransform):
         self._shard_bytes = shard_bytes
         self._fixed_num_shards = fixed_num_shards
         self._part_bytes = part_bytes
+        self._part_files = part_files
 
     def expand(self, input_files):
         split_and_file = input_files | "SplitOfEachFile" >> beam.Map(
@@ -241,7 +248,8 @@ class AssignShards(beam.PTransform):
                           | "CollectCounts" >> beam.combiners.ToDict())
         return split_and_file | "KeyByPart" >> beam.Map(
             _key_by_part, beam.pvalue.AsSingleton(split_to_count), record_bytes=self._record_bytes,
-            shard_bytes=self._shard_bytes, fixed_num_shards=self._fixed_num_shards, part_bytes=self._part_bytes)
+            shard_bytes=self._shard_bytes, fixed_num_shards=self._fixed_num_shards, part_bytes=self._part_bytes,
+            part_files=self._part_files)
 
 
 READ_CHUNK_BYTES = 1024 * 1024
@@ -274,15 +282,17 @@ class FeaturizePart(beam.DoFn):
     Reads, featurizes and encodes the files one at a time in `shard_order` and
     streams each record into the part's temporary file, so a worker holds one
     record and the part's file list. Side input: `vocabulary` {label name: index}.
+    `roots` are the modality's roots, which the files' root indices point into.
     Only InvalidInputError (a bad file) becomes an error row; any other exception
     is a bug or an I/O failure and fails the bundle, so the runner retries or stops.
     """
     ERRORS = "errors"
 
-    def __init__(self, *, modality: str, config, dataset_dir: str):
+    def __init__(self, *, modality: str, config, dataset_dir: str, roots: tuple[str, ...]):
         self._modality = modality
         self._config = config
         self._dataset_dir = dataset_dir
+        self._roots = roots
         self._featurize = FEATURIZERS[modality]
 
     def setup(self):
@@ -291,7 +301,8 @@ class FeaturizePart(beam.DoFn):
 
     def process(self, part_and_files, vocabulary: dict[str, int]):
         (split, index, part), input_files = part_and_files
-        ordered = sorted(input_files, key=lambda f: shard_order(root=f.root, relative_path=f.relative_path))
+        ordered = sorted(input_files, key=lambda f: shard_order(root_index=f.root_index,
+                                                                    relative_path=f.relative_path))
         with PartWriter(dataset_dir=self._dataset_dir, split=split, index=index, part=part) as writer:
             for input_file in ordered:
                 self._log_progress()
@@ -301,7 +312,8 @@ class FeaturizePart(beam.DoFn):
                 except InvalidInputError as error:
                     self._counters.inc("errors")
                     yield beam.pvalue.TaggedOutput(self.ERRORS, ErrorRow(
-                        input_file.path, input_file.root, self._modality, str(error)))
+                        input_file.path(self._roots), self._roots[input_file.root_index], self._modality,
+                        str(error)))
                     continue
                 writer.write(serialized, label_name=label_name)
                 self._counters.inc(f"{split}_examples")
@@ -320,7 +332,7 @@ class FeaturizePart(beam.DoFn):
         if input_file.size_bytes > max_bytes:
             # Checked on the listing so that an oversized file is never read into memory.
             raise InvalidInputError(f"file is {input_file.size_bytes} bytes, over the limit of {max_bytes}")
-        data = read_at_most(input_file.path, limit=max_bytes + 1, expected_bytes=input_file.size_bytes)
+        data = read_at_most(input_file.path(self._roots), limit=max_bytes + 1, expected_bytes=input_file.size_bytes)
         tensor = self._featurize(data, config=self._config)
         return encode_example(
             tensor=tensor, label=vocabulary[label_name], label_name=label_name, modality=self._modality,

@@ -51,7 +51,7 @@ def test_relative_paths_labels_and_kinds():
     assert classify("validation_list.txt", extensions=AUDIO_EXTENSIONS) == "ignored"
     for path, root in (("/data/speech/yes/a.wav", "/data/speech"), ("gs://b/s/yes/a.wav", "gs://b/s/")):
         assert join_root(root, relative_to_root(path, root)) == path
-    assert InputFile("gs://b/s", "yes/a.wav", 3).path == "gs://b/s/yes/a.wav"
+    assert InputFile(1, "yes/a.wav", 3).path(("/r", "gs://b/s")) == "gs://b/s/yes/a.wav"
 
 
 def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
@@ -71,17 +71,19 @@ def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
 def test_file_references_are_shuffled_with_a_compact_coder(pipeline):
     split_lists = pipeline | "SplitLists" >> beam.Create([{}])
     keyed = (pipeline
-             | beam.Create([InputFile("/r", "yes/a.wav", 1)])
+             | beam.Create([InputFile(0, "yes/a.wav", 1)])
              | AssignShards(split_config=SplitConfig(), split_lists=split_lists, record_bytes=100,
                             shard_bytes=1000, fixed_num_shards=None))
     coder = beam.coders.registry.get_coder(keyed.element_type)
     assert isinstance(coder, beam.coders.TupleCoder), coder
     assert isinstance(coder.coders()[1], InputFileCoder), coder
-    # The grouping key (split, shard, part) and the reference: root, relative path, size; nothing pickled.
-    element = (("validation", 0, 0), InputFile("/data/speech", "yes/a_nohash_0.wav", 32044))
+    # The grouping key (split, shard, part) and the reference: root index, relative path, size; nothing pickled.
+    element = (("validation", 0, 0), InputFile(1, "yes/a_nohash_0.wav", 32044))
     decoded = coder.decode(coder.encode(element))
-    assert decoded == element and type(decoded[1]) is InputFile and decoded[1].path == "/data/speech/yes/a_nohash_0.wav"
-    assert len(coder.encode(element)) < 60
+    assert decoded == element and type(decoded[1]) is InputFile
+    assert decoded[1].path(("/data/other", "/data/speech")) == "/data/speech/yes/a_nohash_0.wav"
+    # The two strings, their two length bytes, and varints: shard 0, part 0, root 1, size 32044 (3 bytes).
+    assert len(coder.encode(element)) == len("validation") + len("yes/a_nohash_0.wav") + 8
 
 
 def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_path, pipeline):
@@ -95,11 +97,11 @@ def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_pa
                                              extensions=AUDIO_EXTENSIONS)
 
     assert_that(input_files, equal_to([
-        InputFile(str(first), "yes/a.wav", 1),
-        InputFile(str(first), "yes/sub/b.WAV", 1),
-        InputFile(str(first), "no/c.wav", 1),
-        InputFile(str(first), "root.wav", 1),
-        InputFile(str(second), "up/e.wav", 2),
+        InputFile(0, "yes/a.wav", 1),
+        InputFile(0, "yes/sub/b.WAV", 1),
+        InputFile(0, "no/c.wav", 1),
+        InputFile(0, "root.wav", 1),
+        InputFile(1, "up/e.wav", 2),
     ]))
     result = pipeline.run()
     counters = {counter.key.metric.name: counter.committed for counter in
@@ -108,7 +110,7 @@ def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_pa
 
 
 def test_vocabulary_indexes_the_sorted_class_folders(pipeline):
-    input_files = [InputFile("/r", relative, 1)
+    input_files = [InputFile(0, relative, 1)
                    for relative in ("yes/a.wav", "no/b.wav", "yes/c.wav", "up/x/d.wav", "root.wav")]
 
     vocabulary = pipeline | beam.Create(input_files) | ComputeVocabulary()
@@ -126,8 +128,8 @@ def test_split_lists_are_read_per_root(tmp_path, pipeline):
     split_lists = pipeline | ReadSplitLists(roots=(str(with_lists), str(without_lists)))
 
     assert_that(split_lists, equal_to([{
-        str(with_lists): {"yes/1.wav": "validation", "no/2.wav": "validation", "up/3.wav": "test"},
-        str(without_lists): {},
+        0: {"yes/1.wav": "validation", "no/2.wav": "validation", "up/3.wav": "test"},
+        1: {},
     }]))
     pipeline.run()
 
@@ -159,16 +161,17 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
     }
     for relative, data in files.items():
         write(tmp_path / "in" / relative, data)
-    input_files = [InputFile(root, relative, len(data)) for relative, data in files.items()]
+    input_files = [InputFile(1, relative, len(data)) for relative, data in files.items()]
     # The listing says this one is huge: it must be rejected without being read.
-    input_files.append(InputFile(root, "yes/good.wav", 10**12))
+    input_files.append(InputFile(1, "yes/good.wav", 10**12))
     config = AudioConfig(max_file_bytes=10**6)
     bad_only = [input_file for input_file in input_files if input_file.relative_path == "no/empty.wav"]
 
     vocabulary = pipeline | "Vocabulary" >> beam.Create([{"no": 0, "yes": 1}])
     outputs = (pipeline
                | beam.Create([(("test", 2, 1), input_files), (("train", 0, 0), bad_only)])
-               | beam.ParDo(FeaturizePart(modality="audio", config=config, dataset_dir=str(out)),
+               | beam.ParDo(FeaturizePart(modality="audio", config=config, dataset_dir=str(out),
+                                          roots=(str(tmp_path / "elsewhere"), root)),
                             vocabulary=beam.pvalue.AsSingleton(vocabulary)
                             ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
 
@@ -203,8 +206,11 @@ def test_shard_and_part_counts_and_indices():
     assert num_shards_for(0, shard_bytes=100, fixed_num_shards=None) == 1
     assert num_shards_for(250, shard_bytes=100, fixed_num_shards=None) == 3
     assert num_shards_for(250, shard_bytes=100, fixed_num_shards=7) == 7
-    assert num_parts_for(0, num_shards=3, part_bytes=10) == 1
-    assert num_parts_for(250, num_shards=3, part_bytes=10) == 9
+    assert num_parts_for(0, record_bytes=1, num_shards=3, part_bytes=10, part_files=10) == 1
+    assert num_parts_for(250, record_bytes=1, num_shards=3, part_bytes=10, part_files=1000) == 9
+    # Small records: the file cap, not the byte cap, sets the number of parts.
+    assert num_parts_for(250, record_bytes=1, num_shards=3, part_bytes=1000, part_files=10) == 9
+    assert num_parts_for(250, record_bytes=1, num_shards=3, part_bytes=1000, part_files=1000) == 1
     paths = [f"label{index % 2}/{index}.wav" for index in range(200)]
     assert set(shard_index(path, num_shards=4) for path in paths) == {0, 1, 2, 3}
     assert set(part_index(path, num_parts=5) for path in paths) == {0, 1, 2, 3, 4}
@@ -213,10 +219,13 @@ def test_shard_and_part_counts_and_indices():
     # Parts are ranges of the hash, so concatenating them in order keeps a shard in path-hash order.
     parts_in_order = [part_index(path, num_parts=5) for path in in_path_hash_order(paths)]
     assert parts_in_order == sorted(parts_in_order)
-    input_file = InputFile("/r", "yes/a.wav", 1)
+    input_file = InputFile(0, "yes/a.wav", 1)
     key, value = _key_by_part(("train", input_file), {"train": 4}, record_bytes=100, shard_bytes=200,
-                              fixed_num_shards=None, part_bytes=50)
+                              fixed_num_shards=None, part_bytes=50, part_files=1000)
     assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), input_file)
+    key, _ = _key_by_part(("train", input_file), {"train": 4}, record_bytes=1, shard_bytes=200,
+                          fixed_num_shards=None, part_bytes=50, part_files=1)
+    assert key == ("train", 0, part_index("yes/a.wav", num_parts=4)), "one file per part"
 
 
 def test_record_bytes_is_the_size_of_a_framed_record():
@@ -228,10 +237,10 @@ def test_record_bytes_is_the_size_of_a_framed_record():
 
 
 def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pipeline):
-    input_files = [InputFile("/r", f"yes/{index}.wav", 1) for index in range(50)]
+    input_files = [InputFile(0, f"yes/{index}.wav", 1) for index in range(50)]
     listed = {"yes/0.wav": "validation"}
     split_config = SplitConfig(test_percent=50)
-    split_lists = pipeline | "SplitLists" >> beam.Create([{"/r": listed}])
+    split_lists = pipeline | "SplitLists" >> beam.Create([{0: listed}])
 
     keyed = (pipeline
              | beam.Create(input_files)
@@ -286,7 +295,7 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
         relative = f"label{index % 3}/{index}.png"
         data = make_image(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), "PNG")
         write(tmp_path / relative, data)
-        input_files.append(InputFile(str(tmp_path), relative, len(data)))
+        input_files.append(InputFile(0, relative, len(data)))
     # 30 files of 1000 bytes in one shard: parts of 10**9 bytes make one part, parts of 8000 bytes four.
     runs = {"forward": (input_files, 10**9), "backward": (input_files[::-1], 10**9), "parts": (input_files, 8000)}
     for name, (ordered, part_bytes) in runs.items():
@@ -300,7 +309,7 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
                                       fixed_num_shards=None, part_bytes=part_bytes)
                        | beam.GroupByKey()
                        | beam.ParDo(FeaturizePart(modality="image", config=ImageConfig(),
-                                                  dataset_dir=str(tmp_path / name)),
+                                                  dataset_dir=str(tmp_path / name), roots=(str(tmp_path),)),
                                     vocabulary=beam.pvalue.AsSingleton(vocabulary))
                        | WriteShards(dataset_dir=str(tmp_path / name), compression=None))
         assert_that(shard_files, equal_to([ShardFile("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
