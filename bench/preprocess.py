@@ -15,7 +15,8 @@ and workers), sampled from /proc. Each phase runs in a fresh child process of th
 phase inherits another's heap or warm caches, and the repeats cycle through the phases, so a burst
 of other load on the machine hurts one run of each rather than every run of one phase.
 Targets: (a) beam on 2 workers at least as fast as the loop; (b) peak memory flat as the corpus
-grows: the peak at 4N over the peak at N about 1.
+grows: the peak at 4N over the peak at N about 1. For (a), each phase's two sizes also give its
+fixed start-up and its rate beyond it, and so the corpus size from which 2 workers beat the loop.
 """
 import argparse
 import contextlib
@@ -257,6 +258,12 @@ def print_rows(modality: str, rows: list[dict]) -> None:
               f"{row['peak_mib']:9.0f}", flush=True)
 
 
+def fixed_and_rate(small: dict, large: dict) -> tuple[float, float]:
+    """(seconds that do not depend on the corpus, files/s beyond them), from one phase's runs at two sizes."""
+    rate = (large["files"] - small["files"]) / (large["seconds"] - small["seconds"])
+    return small["seconds"] - small["files"] / rate, rate
+
+
 def print_verdicts(rows_by_size: dict[str, list[list[dict]]]) -> None:
     """Target (a) for each corpus; target (b) for each Beam phase, from its two corpus sizes."""
     print("\ntarget (a): beam on 2 workers at least as fast as the plain loop on one core")
@@ -266,6 +273,17 @@ def print_verdicts(rows_by_size: dict[str, list[list[dict]]]) -> None:
             ratio = two_workers["files_per_s"] / loop["files_per_s"]
             print(f"  {modality:6} {loop['files']:6d} files: {two_workers['files_per_s']:7.1f} vs "
                   f"{loop['files_per_s']:7.1f} files/s = {ratio:.2f} x the loop: {'met' if ratio >= 1 else 'MISSED'}")
+    print("  split into a fixed start-up and a rate, from the two corpus sizes (t = start-up + files / rate):")
+    for modality, (small, large) in rows_by_size.items():
+        loop = fixed_and_rate(small[0], large[0])
+        two_workers = fixed_and_rate(*(next(row for row in rows if row["phase"] == TWO_WORKERS)
+                                       for rows in (small, large)))
+        line = (f"  {modality:6} loop {loop[0]:4.1f} s + {loop[1]:7.1f} files/s; 2 workers {two_workers[0]:4.1f} s + "
+                f"{two_workers[1]:7.1f} files/s = {two_workers[1] / loop[1]:.2f} x the loop's rate")
+        if two_workers[1] > loop[1]:
+            break_even = (two_workers[0] - loop[0]) / (1 / loop[1] - 1 / two_workers[1])
+            line += f"; as fast as the loop from about {break_even:,.0f} files"
+        print(line)
     print(f"target (b): peak memory flat as the corpus grows (peak at 4N / peak at N <= {FLAT_MEMORY_RATIO})")
     for modality, (small, large) in rows_by_size.items():
         for row_small, row_large in zip(small[1:], large[1:]):
