@@ -32,9 +32,8 @@ from beam_jobs.splits import SPLITS
 SHARD_PATTERN = "*-of-*.tfrecord*"
 TEMP_PREFIX = ".tmp-"
 # A part, the unit of work, holds at most PART_BYTES of records and at most PART_FILES files: small
-# to balance the workers, large for few temporary files. The file cap matters for small records:
-# 4 MiB is 160 spectrograms but 4,000 Fashion-MNIST images, and 16k images then made 6 parts of
-# unequal size, which two workers split 60:40.
+# to balance the workers, large for few temporary files. The file cap is for small records, whose
+# cost is in decoding, not bytes: 4 MiB is 160 spectrograms but 4,000 Fashion-MNIST images.
 PART_BYTES = 4 * 1024 * 1024
 PART_FILES = 1000
 COPY_BUFFER_BYTES = 1024 * 1024

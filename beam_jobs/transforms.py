@@ -46,9 +46,9 @@ class InputFile(NamedTuple):
     runner that keeps them in memory (the FnApiRunner) holds several copies of
     each, so it carries only what cannot be derived: no modality (each branch of
     the pipeline has one), no root (its index in the branch's roots), no full
-    path. With its key, InputFileCoder encodes it in about 40 bytes plus the
-    relative path; the root as a string added 0.25 KiB per file to the peak
-    memory of a local run.
+    path. With its key, InputFileCoder encodes it in the split name, the
+    relative path and about 8 bytes more; the root as a string added 0.25 KiB
+    per file to the peak memory of a local run.
     """
     root_index: int  # position of the file's root in the modality's roots
     relative_path: str  # relative to the root, forward slashes
@@ -301,8 +301,8 @@ class FeaturizePart(beam.DoFn):
 
     def process(self, part_and_files, vocabulary: dict[str, int]):
         (split, index, part), input_files = part_and_files
-        ordered = sorted(input_files, key=lambda f: shard_order(root_index=f.root_index,
-                                                                    relative_path=f.relative_path))
+        ordered = sorted(input_files,
+                         key=lambda f: shard_order(root_index=f.root_index, relative_path=f.relative_path))
         with PartWriter(dataset_dir=self._dataset_dir, split=split, index=index, part=part) as writer:
             for input_file in ordered:
                 self._log_progress()

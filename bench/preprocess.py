@@ -275,13 +275,14 @@ def print_verdicts(rows_by_size: dict[str, list[list[dict]]]) -> None:
                   f"{loop['files_per_s']:7.1f} files/s = {ratio:.2f} x the loop: {'met' if ratio >= 1 else 'MISSED'}")
     print("  split into a fixed start-up and a rate, from the two corpus sizes (t = start-up + files / rate):")
     for modality, (small, large) in rows_by_size.items():
-        loop = fixed_and_rate(small[0], large[0])
-        two_workers = fixed_and_rate(*(next(row for row in rows if row["phase"] == TWO_WORKERS)
-                                       for rows in (small, large)))
-        line = (f"  {modality:6} loop {loop[0]:4.1f} s + {loop[1]:7.1f} files/s; 2 workers {two_workers[0]:4.1f} s + "
-                f"{two_workers[1]:7.1f} files/s = {two_workers[1] / loop[1]:.2f} x the loop's rate")
-        if two_workers[1] > loop[1]:
-            break_even = (two_workers[0] - loop[0]) / (1 / loop[1] - 1 / two_workers[1])
+        loop_start, loop_rate = fixed_and_rate(small[0], large[0])
+        workers_start, workers_rate = fixed_and_rate(*(next(row for row in rows if row["phase"] == TWO_WORKERS)
+                                                       for rows in (small, large)))
+        line = (f"  {modality:6} loop {loop_start:4.1f} s + {loop_rate:7.1f} files/s; "
+                f"2 workers {workers_start:4.1f} s + {workers_rate:7.1f} files/s = "
+                f"{workers_rate / loop_rate:.2f} x the loop's rate")
+        if workers_rate > loop_rate:
+            break_even = (workers_start - loop_start) / (1 / loop_rate - 1 / workers_rate)
             line += f"; as fast as the loop from about {break_even:,.0f} files"
         print(line)
     print(f"target (b): peak memory flat as the corpus grows (peak at 4N / peak at N <= {FLAT_MEMORY_RATIO})")
