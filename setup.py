@@ -2,7 +2,9 @@
 
 The base requirements are what a Beam worker needs to run `beam_jobs`, so
 `--setup_file ./setup.py` ships exactly that to Dataflow workers. TensorFlow
-lives in the `trainer` extra and is never imported by `beam_jobs`.
+lives in the `trainer` extra and is never imported by `beam_jobs`, which
+encodes its Examples itself; the `tfrecord` package reads shards where
+TensorFlow is absent (the tests check the shards with it, TF-free).
 """
 import setuptools
 
@@ -12,14 +14,13 @@ WORKER_REQUIRES = [
     "numpy>=1.26",
     "pillow>=10.0",
     "scipy>=1.11",
-    "tfrecord>=1.14",
 ]
 
 EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],
     "trainer": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "matplotlib>=3.8"],  # TensorBoard logs need the tensorboard package
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
-    "test": ["pytest>=8", "playwright>=1.45"],
+    "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3"],
 }
 
 setuptools.setup(

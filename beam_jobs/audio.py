@@ -1,8 +1,9 @@
-"""Pure numpy/scipy audio featurization: WAV bytes to a log(-mel) spectrogram.
+"""The audio modality: WAV bytes to a log(-mel) spectrogram, its settings and its spec (`AUDIO`).
 
-Imports neither Beam nor TensorFlow, so the pipeline, the trainer's `predict`
-and the app all featurize a raw file with exactly these functions.
+Pure numpy/scipy, no Beam, no TensorFlow: the pipeline, `trainer.predict`, the
+app and the report all featurize a raw file with exactly these functions.
 """
+import dataclasses
 import functools
 import io
 import math
@@ -12,8 +13,9 @@ import warnings
 import numpy as np
 from scipy.io import wavfile
 
-from beam_jobs.config import AudioConfig
+from beam_jobs.config import option, require
 from beam_jobs.errors import InvalidInputError
+from beam_jobs.modality import DemoCorpus, Modality, ModelInput, PreviewPanel
 
 _LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
 _SILENCE_DB = 40.0  # frames this far below the loudest frame count as silence when centring
@@ -21,6 +23,60 @@ _MAX_SAMPLE_RATE = 768_000  # the fastest rate recorders use; a higher one is a 
 # scipy's parser reports corrupt or truncated headers with all of these (found by fuzzing).
 _WAV_PARSE_ERRORS = (ValueError, EOFError, OSError, KeyError, struct.error, ZeroDivisionError,
                      TypeError, UnboundLocalError)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = option(16000, "every clip is resampled to this rate (Hz)")
+    clip_seconds: float = option(1.0, "clips are padded or trimmed to this length (Speech Commands' is 1 s)")
+    align: str = option("center", "'center' centres the loudest stretch in the clip, 'start' keeps its start")
+    window_ms: float = option(25.0, "spectrogram window length")
+    hop_ms: float = option(10.0, "spectrogram hop between windows")
+    fft_size: int = option(512, "FFT length in samples, at least one window")
+    num_mel_bins: int = option(64, "mel bands; 0 keeps the linear-frequency spectrogram (fft_size // 2 + 1 bins)")
+    max_file_bytes: int = option(64 * 1024 * 1024, "larger wav files become error rows", flag="max_audio_bytes")
+    max_seconds: float = option(60.0, "longer recordings become error rows, not trimmed silently")
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_ms / 1000))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    @property
+    def num_frames(self) -> int:
+        return 1 + (self.clip_samples - self.window_samples) // self.hop_samples
+
+    @property
+    def num_bins(self) -> int:
+        return self.num_mel_bins or self.fft_size // 2 + 1
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """Shape of one spectrogram: [time frames, frequency bins]."""
+        return (self.num_frames, self.num_bins)
+
+    def validate(self) -> "AudioConfig":
+        require(self.sample_rate >= 1000, "sample_rate", self.sample_rate, ">= 1000")
+        require(self.clip_seconds > 0, "clip_seconds", self.clip_seconds, "> 0")
+        require(self.align in ("center", "start"), "align", self.align, "'center' or 'start'")
+        require(self.window_samples >= 16, "window_ms", self.window_ms, "at least 16 samples long")
+        require(self.hop_samples >= 1, "hop_ms", self.hop_ms, "at least one sample")
+        require(self.fft_size >= self.window_samples, "fft_size", self.fft_size,
+                f">= the window length ({self.window_samples} samples)")
+        require(self.clip_samples >= self.window_samples, "clip_seconds", self.clip_seconds,
+                "at least one window long")
+        require(0 <= self.num_mel_bins <= self.fft_size // 2 + 1, "num_mel_bins", self.num_mel_bins,
+                f"between 0 and {self.fft_size // 2 + 1}")
+        require(self.max_file_bytes > 0, "max_file_bytes", self.max_file_bytes, "> 0")
+        require(self.max_seconds >= self.clip_seconds, "max_seconds", self.max_seconds, ">= clip_seconds")
+        return self
 
 
 def decode_wav(data: bytes, *, config: AudioConfig) -> tuple[np.ndarray, int]:
@@ -164,12 +220,44 @@ def _mel_matrix(sample_rate: int, fft_size: int, num_mel_bins: int) -> np.ndarra
     return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
-    """WAV bytes to the model's input: float32 [num_frames, num_bins]. Raises InvalidInputError."""
+def featurize_wav_clip(data: bytes, *, config: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
+    """WAV bytes to (clip float32 [clip_samples], spectrogram float32 [num_frames, num_bins]).
+
+    The clip is the recording as the model gets it (resampled, cut or padded
+    around the word); the spectrogram is the model's input. Raises InvalidInputError.
+    """
     samples, rate = decode_wav(data, config=config)
-    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
-    spectrogram = compute_log_spectrogram(fit_to_clip(samples, config=config), config=config)
+    clip = fit_to_clip(resample(samples, from_rate=rate, to_rate=config.sample_rate), config=config)
+    spectrogram = compute_log_spectrogram(clip, config=config)
     if not np.all(np.isfinite(spectrogram)):
         # Only a corrupt float WAV, with samples near the float32 limit, overflows the power spectrum.
         raise InvalidInputError("sample values are far out of range: the spectrogram overflows")
-    return spectrogram
+    return clip, spectrogram
+
+
+def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
+    """WAV bytes to the model's input: float32 [num_frames, num_bins]. Raises InvalidInputError."""
+    return featurize_wav_clip(data, config=config)[1]
+
+
+def preview_wav(data: bytes, *, config: AudioConfig) -> list[PreviewPanel]:
+    """The clip the model gets as a waveform above its spectrogram, both over the clip's seconds."""
+    clip, spectrogram = featurize_wav_clip(data, config=config)
+    return [
+        PreviewPanel("waveform", "waveform, as the model gets it", clip, rate=config.sample_rate,
+                     seconds=config.clip_seconds),
+        PreviewPanel("heatmap", f"log-{'mel ' if config.num_mel_bins else ''}spectrogram: the model's input",
+                     spectrogram, seconds=config.clip_seconds,
+                     ylabel="mel bin" if config.num_mel_bins else "frequency bin"),
+    ]
+
+
+AUDIO = Modality(
+    name="audio", extensions=(".wav",), config_class=AudioConfig, tensor_dtype="float32",
+    featurize=featurize_wav, preview=preview_wav,
+    # Per-utterance standardization removes loudness and recording-level offsets, which differ between
+    # speakers and synthesizers.
+    model_input=ModelInput(name="spectrogram", normalization="standardize", add_channel_axis=True,
+                           augmentation="spectrogram"),
+    media="audio", title="Spoken words", nouns=("word", "words"), upload=("Upload a .wav", ".wav,audio/wav"),
+    demo_corpus=DemoCorpus(folder="speech", command="speech-commands"))

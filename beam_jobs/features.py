@@ -2,8 +2,7 @@
 
 `beam_jobs.examples` encodes `tf.train.Example`s with it and the trainer builds
 its `tf.io.parse_example` spec from it, so writer and reader cannot drift
-apart. Imports neither TensorFlow nor the `tfrecord` package (their protobufs
-clash in one process), only numpy.
+apart. Pure Python and numpy.
 """
 import dataclasses
 
@@ -29,20 +28,11 @@ FEATURES = (
     Feature("path", "bytes", 1, "source path relative to its input root, with forward slashes"),
     Feature("split", "bytes", 1, "train, validation or test"),
 )
-FEATURES_BY_NAME = {feature.name: feature for feature in FEATURES}
-
-MODALITIES = ("audio", "image")
-TENSOR_DTYPES = {"audio": "float32", "image": "uint8"}
 
 
 def tensor_to_bytes(array: np.ndarray) -> bytes:
     """Little-endian raw bytes of an array, as stored in the `tensor` feature."""
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def tensor_from_bytes(data: bytes, *, dtype: str, shape) -> np.ndarray:
-    """Inverse of `tensor_to_bytes`: an array of `dtype` (a numpy name) and `shape`."""
-    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
 
 def describe() -> list[dict]:

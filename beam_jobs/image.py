@@ -1,16 +1,42 @@
-"""Pure Pillow/numpy image featurization: encoded bytes to a fixed-size uint8 array.
+"""The image modality: encoded bytes to a fixed-size uint8 array, its settings and its spec (`IMAGE`).
 
-Imports neither Beam nor TensorFlow; the pipeline, `trainer.predict` and the
-app share it.
+Pure Pillow/numpy, no Beam, no TensorFlow: the pipeline, `trainer.predict`,
+the app and the report share it.
 """
+import dataclasses
 import io
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from beam_jobs.config import ImageConfig
+from beam_jobs.config import option, require
 from beam_jobs.errors import InvalidInputError
+from beam_jobs.modality import DemoCorpus, Modality, ModelInput, PreviewPanel
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    height: int = option(28, "images are resized to this height", flag="image_height")
+    width: int = option(28, "images are resized to this width", flag="image_width")
+    channels: int = option(1, "1 (grayscale) or 3 (RGB)", flag="image_channels")
+    max_file_bytes: int = option(64 * 1024 * 1024, "larger image files become error rows", flag="max_image_bytes")
+    # Checked before decoding, so a decompression bomb is never expanded.
+    max_pixels: int = option(40_000_000, "images with more pixels become error rows before they are decoded")
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape of one image: [height, width, channels]."""
+        return (self.height, self.width, self.channels)
+
+    def validate(self) -> "ImageConfig":
+        require(self.height >= 1, "height", self.height, ">= 1")
+        require(self.width >= 1, "width", self.width, ">= 1")
+        require(self.channels in (1, 3), "channels", self.channels, "1 (grayscale) or 3 (RGB)")
+        require(self.max_file_bytes > 0, "max_file_bytes", self.max_file_bytes, "> 0")
+        require(self.max_pixels >= self.height * self.width, "max_pixels", self.max_pixels,
+                "at least height * width")
+        return self
+
 
 _FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
@@ -82,3 +108,17 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 def featurize_image(data: bytes, *, config: ImageConfig) -> np.ndarray:
     """Image bytes to the model's input: uint8 [height, width, channels]. Raises InvalidInputError."""
     return to_array(decode_image(data, config=config), config=config)
+
+
+def preview_image(data: bytes, *, config: ImageConfig) -> list[PreviewPanel]:
+    """The pixels the model sees."""
+    pixels = featurize_image(data, config=config)
+    return [PreviewPanel("pixels", f"what the model sees ({'x'.join(map(str, pixels.shape))})", pixels)]
+
+
+IMAGE = Modality(
+    name="image", extensions=(".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"), config_class=ImageConfig,
+    tensor_dtype="uint8", featurize=featurize_image, preview=preview_image,
+    model_input=ModelInput(name="image", normalization="unit_range", add_channel_axis=False),
+    media="image", title="Images", nouns=("class", "classes"), upload=("Upload an image", "image/*"),
+    demo_corpus=DemoCorpus(folder="fashion", command="fashion-mnist"))

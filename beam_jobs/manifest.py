@@ -1,8 +1,8 @@
 """The dataset manifest (`dataset.json`): everything a reader needs, in one file.
 
 Written last by the pipeline, so a reader that finds it finds a complete
-dataset. Pure Python: the trainer, `predict` and the app read it too, and
-featurize a raw file exactly as the pipeline did through `featurize`.
+dataset. Pure Python: the trainer, `predict`, the app and the report read it
+too, and featurize a raw file exactly as the pipeline did through `featurize`.
 """
 import dataclasses
 import json
@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_jobs import audio, image
-from beam_jobs.config import AudioConfig, ImageConfig
-
-MANIFEST_NAME = "dataset.json"
+from beam_jobs.modalities import get as get_modality
+from beam_jobs.modality import Modality, PreviewPanel
 
 
 @dataclasses.dataclass
@@ -31,11 +29,11 @@ class SplitInfo:
 
 @dataclasses.dataclass
 class DatasetManifest:
-    modality: str  # "audio" or "image"
+    modality: str  # a name in beam_jobs.modalities.MODALITIES
     labels: list[str]  # the label vocabulary; a record's `label` indexes it
     tensor_dtype: str  # numpy name of the stored tensor's dtype
     tensor_shape: list[int]
-    featurization: dict[str, Any]  # the AudioConfig or ImageConfig fields
+    featurization: dict[str, Any]  # the modality's config fields
     splits: dict[str, SplitInfo]
     features: list[dict]  # beam_jobs.features.describe()
     compression: str | None  # None or "GZIP"
@@ -57,16 +55,21 @@ class DatasetManifest:
             for name, split in fields["splits"].items()}
         return cls(**fields)
 
-    def featurizer_config(self) -> AudioConfig | ImageConfig:
-        config_class = AudioConfig if self.modality == "audio" else ImageConfig
-        return config_class(**self.featurization)
+    @property
+    def spec(self) -> Modality:
+        return get_modality(self.modality)
+
+    def featurizer_config(self):
+        """The modality's featurization config the dataset was built with."""
+        return self.spec.config_class(**self.featurization)
 
     def featurize(self, data: bytes) -> np.ndarray:
         """Raw file bytes to the stored tensor, exactly as the pipeline computed it.
 
         Raises beam_jobs.errors.InvalidInputError for a file it cannot use.
         """
-        config = self.featurizer_config()
-        if self.modality == "audio":
-            return audio.featurize_wav(data, config=config)
-        return image.featurize_image(data, config=config)
+        return self.spec.featurize(data, config=self.featurizer_config())
+
+    def preview(self, data: bytes) -> list[PreviewPanel]:
+        """What a person is shown of a raw file: pictures of what the model gets. Raises InvalidInputError."""
+        return self.spec.preview(data, config=self.featurizer_config())

@@ -1,4 +1,4 @@
-"""Deterministic TFRecord shards and the manifest that publishes them.
+"""Deterministic TFRecord shards and the manifest that publishes them; file names from `beam_jobs.dataset_layout`.
 
   PartWriter      streams the records of one part of a shard into a temporary file -> ShardPart
   WriteShards     ShardPart -> ShardFile: each shard's parts concatenated, in order, into a temporary shard
@@ -24,13 +24,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
+from beam_jobs.dataset_layout import (SHARD_PATTERN, TEMP_PREFIX, manifest_path, shard_name, temp_part_path,
+                                      temp_shard_path)
 from beam_jobs.examples import encode_example
-from beam_jobs.features import TENSOR_DTYPES
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest, ShardInfo, SplitInfo
+from beam_jobs.manifest import DatasetManifest, ShardInfo, SplitInfo
+from beam_jobs.modality import Modality
 from beam_jobs.splits import SPLITS
 
-SHARD_PATTERN = "*-of-*.tfrecord*"
-TEMP_PREFIX = ".tmp-"
 # A part, the unit of work, holds at most PART_BYTES of records and at most PART_FILES files: small
 # to balance the workers, large for few temporary files. The file cap is for small records, whose
 # cost is in decoding, not bytes: 4 MiB is 160 spectrograms but 4,000 Fashion-MNIST images.
@@ -73,15 +73,15 @@ def num_shards_for(total_bytes: int, *, shard_bytes: int, fixed_num_shards: int 
     return max(1, math.ceil(total_bytes / shard_bytes))
 
 
-def record_bytes(modality: str, *, feature_shape) -> int:
+def record_bytes(spec: Modality, *, feature_shape) -> int:
     """Bytes of one framed record: the same for every file of a modality, up to its path's length.
 
     The tensor's size is fixed by the featurization config, so the bytes of a split
     are known from its file count before any file is read.
     """
     example = encode_example(
-        tensor=np.zeros(feature_shape, dtype=TENSOR_DTYPES[modality]), label=0, label_name="x" * 16,
-        modality=modality, example_id="0" * 64, path="x" * 64, split="validation")
+        tensor=np.zeros(feature_shape, dtype=spec.tensor_dtype), label=0, label_name="x" * 16,
+        modality=spec.name, tensor_dtype=spec.tensor_dtype, example_id="0" * 64, path="x" * 64, split="validation")
     return _TFRecordUtil.encoded_num_bytes(example)
 
 
@@ -113,14 +113,6 @@ def shard_order(*, root_index: int, relative_path: str) -> tuple[bytes, int, str
     return path_hash(relative_path), root_index, relative_path
 
 
-def shard_suffix(compression: str | None) -> str:
-    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
-
-
-def shard_name(split: str, rank: int, count: int, compression: str | None) -> str:
-    return f"{split}-{rank:05d}-of-{count:05d}{shard_suffix(compression)}"
-
-
 def beam_compression(compression: str | None) -> str:
     return CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
 
@@ -134,7 +126,7 @@ class PartWriter:
 
     def __init__(self, *, dataset_dir: str, split: str, index: int, part: int):
         self._key = (split, index, part)
-        self._temp_path = f"{dataset_dir}/{TEMP_PREFIX}{split}-{index:05d}-part-{part:05d}.tfrecord"
+        self._temp_path = temp_part_path(dataset_dir, split=split, index=index, part=part)
         self._handle = None
         self._label_counts = {}
         self.shard_part = None
@@ -171,7 +163,7 @@ class _ConcatenateParts(beam.DoFn):
     def process(self, shard_and_parts):
         (split, index), parts = shard_and_parts
         parts = sorted(parts, key=lambda shard_part: shard_part.part)
-        temp_path = f"{self._dataset_dir}/{TEMP_PREFIX}{split}-{index:05d}{shard_suffix(self._compression)}"
+        temp_path = temp_shard_path(self._dataset_dir, split=split, index=index, compression=self._compression)
         label_counts = {}
         with FileSystems.create(temp_path, compression_type=beam_compression(self._compression)) as shard:
             for shard_part in parts:
@@ -251,9 +243,9 @@ class _PublishManifest(beam.DoFn):
         rename_into_place(sources, destinations)
         delete_stale_files(self._dataset_dir, keep=set(destinations))
         manifest = dataclasses.replace(self._template, labels=labels, splits=splits, num_errors=num_errors)
-        manifest_path = f"{self._dataset_dir}/{MANIFEST_NAME}"
-        write_atomically(manifest_path, manifest.to_json().encode("utf-8"))
-        yield manifest_path
+        path = manifest_path(self._dataset_dir)
+        write_atomically(path, manifest.to_json().encode("utf-8"))
+        yield path
 
 
 class PublishDataset(beam.PTransform):

@@ -29,26 +29,39 @@ def hash_percentage(key: str) -> float:
     return (digest % (_MAX_NUM_FILES_PER_CLASS + 1)) * (100.0 / _MAX_NUM_FILES_PER_CLASS)
 
 
-def assign_split(relative_path: str, *, config: SplitConfig, listed: dict[str, str]) -> str:
-    """The split of a file at `relative_path` (forward slashes, relative to its root).
+class SplitRule:
+    """The split of every file under one root: its listed split, else a hash band.
 
-    `listed` maps relative paths from a root's validation_list.txt / testing_list.txt
-    to their split. A listed file takes its listed split; a split that has a list
-    gets no other files, and the hash divides the rest among the remaining splits
-    in proportion to their configured percentages.
+    `listed` maps relative paths from the root's validation_list.txt /
+    testing_list.txt to their split. A listed file takes its listed split; a split
+    that has a list gets no other files, and the hash divides the rest among the
+    remaining splits in proportion to their configured percentages. The bands are
+    worked out once, so a file costs a dictionary lookup and, unlisted, one hash.
     """
-    if relative_path in listed:
-        return listed[relative_path]
-    listed_splits = set(listed.values())
-    bands = [(name, percent) for name, percent in (
-        ("validation", config.validation_percent),
-        ("test", config.test_percent),
-        ("train", 100.0 - config.validation_percent - config.test_percent),
-    ) if name not in listed_splits]
-    total = sum(percent for _, percent in bands)
-    position = hash_percentage(split_key(relative_path)) / 100.0 * total
-    for name, percent in bands:
-        if position < percent:
-            return name
-        position -= percent
-    return "train"
+
+    def __init__(self, *, config: SplitConfig, listed: dict[str, str]):
+        self._listed = listed
+        listed_splits = set(listed.values())
+        self._bands = [(name, percent) for name, percent in (
+            ("validation", config.validation_percent),
+            ("test", config.test_percent),
+            ("train", 100.0 - config.validation_percent - config.test_percent),
+        ) if name not in listed_splits]
+        self._total = sum(percent for _, percent in self._bands)
+
+    def split_of(self, relative_path: str) -> str:
+        """The split of the file at `relative_path` (forward slashes, relative to the root)."""
+        listed = self._listed.get(relative_path)
+        if listed is not None:
+            return listed
+        position = hash_percentage(split_key(relative_path)) / 100.0 * self._total
+        for name, percent in self._bands:
+            if position < percent:
+                return name
+            position -= percent
+        return "train"
+
+
+def assign_split(relative_path: str, *, config: SplitConfig, listed: dict[str, str]) -> str:
+    """The split of one file; see SplitRule, which serves many files of a root at the cost of one."""
+    return SplitRule(config=config, listed=listed).split_of(relative_path)

@@ -2,10 +2,13 @@
 
     python -m bench.preprocess --audio_files 4000 --image_files 16000
 
-For each modality, at N and 4N files taken from /tmp/corpora/{speech,fashion} (perturbed copies
-beyond the corpus's size; synthetic files when it is absent):
-  loop            a plain loop over the same featurizers: read, featurize, encode_example,
-                  write TFRecords with Beam's framing (the floor, one core)
+For each modality, at N and 4N files taken from /tmp/corpora/<its demo corpus folder> (perturbed
+copies beyond the corpus's size; synthetic files when it is absent), with the corpus's split lists
+(a testing_list.txt naming every tenth file when it has none, as Fashion-MNIST's and Speech
+Commands' trees have):
+  loop            a plain loop doing the pipeline's per-file work (beam_jobs.records.encode_input_file:
+                  read, featurize, hash, encode; an error row for a bad file) and writing TFRecords
+                  with Beam's framing (the floor, one core)
   beam in_memory  beam_jobs.preprocess on --runner=FnApiRunner, one process
   beam 2 workers  the same with --direct_running_mode=multi_processing --direct_num_workers=2
 Each line: wall seconds and files/s (the fastest of --repeats runs), the ratio to the loop, the CPU
@@ -20,7 +23,6 @@ fixed start-up and its rate beyond it, and so the corpus size from which 2 worke
 """
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -38,16 +40,19 @@ from PIL import Image
 from scipy.io import wavfile
 
 from beam_jobs import preprocess
-from beam_jobs.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, AudioConfig, ImageConfig, SplitConfig
+from beam_jobs.config import SplitConfig
 from beam_jobs.errors import InvalidInputError
-from beam_jobs.examples import encode_example
-from beam_jobs.splits import SPLITS, assign_split
-from beam_jobs.transforms import FEATURIZERS, index_labels
+from beam_jobs.input_files import read_at_most
+from beam_jobs.input_tree import class_folder, classify
+from beam_jobs.labels import index_labels
+from beam_jobs.modalities import MODALITIES
+from beam_jobs.raw_files import read_listed_splits
+from beam_jobs.records import encode_input_file
+from beam_jobs.splits import LIST_FILES, SPLITS, SplitRule
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = {"audio": Path("/tmp/corpora/speech"), "image": Path("/tmp/corpora/fashion")}
-EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
-CONFIGS = {"audio": AudioConfig(), "image": ImageConfig()}
+CORPORA = Path("/tmp/corpora")
+LISTED_EVERY = 10  # a corpus without split lists gets every tenth file in its testing_list.txt
 RUNNERS = {
     "beam in_memory": ["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
     "beam 2 workers": ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
@@ -59,89 +64,117 @@ TWO_WORKERS = "beam 2 workers"
 
 def list_inputs(root: Path, extensions: tuple[str, ...]) -> list[Path]:
     return sorted(path for path in root.rglob("*")
-                  if path.suffix.lower() in extensions and not any(part.startswith("_") for part in
-                                                                   path.relative_to(root).parts[:-1]))
+                  if classify(path.relative_to(root).as_posix(), extensions=extensions) == "input")
 
 
-def generate_file(modality: str, index: int) -> bytes:
-    """A stand-in when no corpus is on disk: a one-second tone, or a 28x28 noise image."""
+def synthetic_wav(index: int) -> bytes:
+    """A one-second tone."""
     rng = np.random.default_rng(index)
+    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * np.arange(16000) / 16000)
     buffer = io.BytesIO()
-    if modality == "audio":
-        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * np.arange(16000) / 16000)
-        wavfile.write(buffer, 16000, (tone * 32767).astype(np.int16))
-    else:
-        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
+    wavfile.write(buffer, 16000, (tone * 32767).astype(np.int16))
     return buffer.getvalue()
 
 
-def perturbed_copy(modality: str, source: Path, copy: int) -> bytes:
-    """`source` with one sample or pixel nudged, so that the copy is a distinct file with a distinct id."""
+def synthetic_png(index: int) -> bytes:
+    """A 28x28 noise image."""
     buffer = io.BytesIO()
-    if modality == "audio":
-        rate, samples = wavfile.read(source)
-        samples = samples.copy()
-        samples.flat[copy % samples.size] ^= 1
-        wavfile.write(buffer, rate, samples)
-    else:
-        with Image.open(source) as picture:
-            pixels = np.array(picture)
-        pixels.flat[copy % pixels.size] ^= 1
-        Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(index).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def perturbed_wav(source: Path, copy: int) -> bytes:
+    rate, samples = wavfile.read(source)
+    samples = samples.copy()
+    samples.flat[copy % samples.size] ^= 1
+    buffer = io.BytesIO()
+    wavfile.write(buffer, rate, samples)
+    return buffer.getvalue()
+
+
+def perturbed_png(source: Path, copy: int) -> bytes:
+    with Image.open(source) as picture:
+        pixels = np.array(picture)
+    pixels.flat[copy % pixels.size] ^= 1
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# How the benchmark makes files of a modality's format: (a stand-in when no corpus is on disk, a copy
+# of a corpus file with one sample or pixel nudged, so that it is a distinct file with a distinct id).
+FILE_MAKERS = {"audio": (synthetic_wav, perturbed_wav), "image": (synthetic_png, perturbed_png)}
 
 
 def build_corpus(modality: str, *, count: int, dest: Path) -> Path:
-    """dest/<label>/<file>: `count` files spread evenly over the source corpus.
+    """dest/<label>/<file>: `count` files spread evenly over the source corpus, and a testing_list.txt.
 
     Beyond the corpus's size, perturbed copies of its files are added, named
     `<stem>_copyK` so that a speaker's copies share the speaker's split.
-    Without a corpus on disk, synthetic files in 5 classes.
+    Without a corpus on disk, synthetic files in 5 classes. The corpus's own
+    split lists are kept for the files taken; without them every tenth file is
+    listed for testing, so that the listed files' cost stays measured.
     """
-    available = list_inputs(SOURCES[modality], EXTENSIONS[modality]) if SOURCES[modality].is_dir() else []
+    spec = MODALITIES[modality]
+    source_root = CORPORA / spec.demo_corpus.folder
+    synthetic, perturbed = FILE_MAKERS[modality]
+    available = list_inputs(source_root, spec.extensions) if source_root.is_dir() else []
+    source_lists = read_listed_splits(source_root) if available else {}
+    listed = {}
     for index in range(count):
         if not available:
-            target = dest / f"class{index % 5}" / f"{index}{EXTENSIONS[modality][0]}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(generate_file(modality, index))
-            continue
-        copy, position = divmod(index, len(available))
-        source = available[position if count > len(available) else index * len(available) // count]
-        relative = source.relative_to(SOURCES[modality])
-        if copy:
-            target = dest / relative.with_name(f"{relative.stem}_copy{copy}.png" if modality == "image"
-                                               else f"{relative.stem}_copy{copy}{relative.suffix}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(perturbed_copy(modality, source, copy))
+            relative = Path(f"class{index % 5}") / f"{index}{spec.extensions[0]}"
+            data, split = synthetic(index), None
         else:
-            target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
+            copy, position = divmod(index, len(available))
+            source = available[position if count > len(available) else index * len(available) // count]
+            relative = source.relative_to(source_root)
+            split = source_lists.get(relative.as_posix())
+            data = None
+            if copy:
+                relative = relative.with_name(f"{relative.stem}_copy{copy}{relative.suffix}")
+                data = perturbed(source, copy)
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
             os.link(source, target)  # same filesystem as /tmp: no copy
+        else:
+            target.write_bytes(data)
+        if split is not None or (not source_lists and index % LISTED_EVERY == 0):
+            listed[relative.as_posix()] = split or "test"
+    for split, list_name in LIST_FILES.items():
+        names = sorted(path for path, listed_split in listed.items() if listed_split == split)
+        if names:
+            (dest / list_name).write_text("".join(f"{name}\n" for name in names))
     return dest
 
 
 def plain_loop(root: Path, out_dir: Path, *, modality: str) -> int:
-    """The floor: the pipeline's work for each file in one loop. Returns the number of records."""
-    config, split_config = CONFIGS[modality], SplitConfig()
-    files = list_inputs(root, EXTENSIONS[modality])
-    vocabulary = index_labels(sorted({path.relative_to(root).parts[0] for path in files}))
+    """The floor: the pipeline's per-file work for each file in one loop. Returns the number of records."""
+    spec = MODALITIES[modality]
+    config = spec.config_class()
+    rule = SplitRule(config=SplitConfig(), listed=read_listed_splits(root))
+    files = list_inputs(root, spec.extensions)
+    vocabulary = index_labels(sorted({class_folder(path.relative_to(root).as_posix()) for path in files} - {None}))
     out_dir.mkdir(parents=True)
-    records = 0
+    records, error_rows = 0, []
     with contextlib.ExitStack() as stack:
         shards = {split: stack.enter_context(open(out_dir / f"{split}.tfrecord", "wb")) for split in SPLITS}
         for path in files:
-            data = path.read_bytes()
             relative_path = path.relative_to(root).as_posix()
+            split = rule.split_of(relative_path)
+            size = path.stat().st_size
             try:
-                tensor = FEATURIZERS[modality](data, config=config)
-            except InvalidInputError:
-                continue  # the pipeline writes an error row; the floor only needs the good files' cost
-            label_name = relative_path.split("/")[0]
-            split = assign_split(relative_path, config=split_config, listed={})
-            _TFRecordUtil.write_record(shards[split], encode_example(
-                tensor=tensor, label=vocabulary[label_name], label_name=label_name, modality=modality,
-                example_id=hashlib.sha256(data).hexdigest(), path=relative_path, split=split))
+                _, serialized = encode_input_file(
+                    spec=spec, config=config, relative_path=relative_path, size_bytes=size, split=split,
+                    vocabulary=vocabulary,
+                    read=lambda limit: read_at_most(str(path), limit=limit, expected_bytes=size))
+            except InvalidInputError as error:
+                error_rows.append(f"{path}: {error}")
+                continue
+            _TFRecordUtil.write_record(shards[split], serialized)
             records += 1
+    (out_dir / "errors.txt").write_text("".join(row + "\n" for row in error_rows))
     return records
 
 
@@ -304,7 +337,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs per phase; the fastest counts")
     parser.add_argument("--modalities", default="audio,image", help="comma-separated subset of audio,image")
     parser.add_argument("--phase", choices=PHASES, help="internal: run one phase and print its JSON")
-    parser.add_argument("--modality", choices=EXTENSIONS, help="internal, with --phase")
+    parser.add_argument("--modality", choices=MODALITIES, help="internal, with --phase")
     parser.add_argument("--root", help="internal, with --phase")
     parser.add_argument("--out_dir", help="internal, with --phase")
     args = parser.parse_args()

@@ -1,7 +1,8 @@
-"""Tiny generated inputs and runner flags shared by the pipeline tests.
+"""Tiny generated inputs, an Example parser and runner flags shared by the pipeline tests.
 
 Helpers are handed out as fixtures because test folders have no __init__.py
-and so cannot import each other.
+and so cannot import each other. Examples are parsed with TensorFlow's own
+`tf.train.Example`, the reader the trainer relies on.
 """
 import io
 import struct
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.io import wavfile
 
-# FnApiRunner is what DirectRunner falls back to; naming it skips the attempt to download Prism.
+# Explicit runner variants for the tests that compare them; the default lives in beam_jobs.runners.
 IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 MULTI_PROCESSING = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
@@ -90,3 +91,46 @@ def make_bomb_png():
 @pytest.fixture(scope="session")
 def runner_flags():
     return {"in_memory": IN_MEMORY, "multi_processing": MULTI_PROCESSING}
+
+
+def parse_example(serialized: bytes) -> dict:
+    """{feature name: bytes for a bytes feature, list[int] for an int64 one}, parsed by TensorFlow."""
+    import tensorflow as tf
+
+    features = tf.train.Example.FromString(serialized).features.feature
+    return {name: (feature.bytes_list.value[0] if feature.WhichOneof("kind") == "bytes_list"
+                   else list(feature.int64_list.value))
+            for name, feature in features.items()}
+
+
+def decode_example(serialized: bytes) -> dict:
+    """The features as Python values: str for bytes (the tensor stays bytes), int for a scalar, list for shape."""
+    decoded = {}
+    for name, value in parse_example(serialized).items():
+        if name == "tensor":
+            decoded[name] = value
+        elif isinstance(value, bytes):
+            decoded[name] = value.decode("utf-8")
+        else:
+            decoded[name] = value if name == "shape" else value[0]
+    return decoded
+
+
+def tensor_from_bytes(data: bytes, *, dtype: str, shape) -> np.ndarray:
+    """The inverse of beam_jobs.features.tensor_to_bytes."""
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+@pytest.fixture(scope="session")
+def example_parser():
+    return parse_example
+
+
+@pytest.fixture(scope="session")
+def example_decoder():
+    return decode_example
+
+
+@pytest.fixture(scope="session")
+def bytes_to_tensor():
+    return tensor_from_bytes

@@ -5,10 +5,11 @@ from PIL import Image
 from scipy import signal
 
 from beam_jobs import audio, image
-from beam_jobs.config import AudioConfig, ImageConfig, SplitConfig
+from beam_jobs.audio import AudioConfig
+from beam_jobs.config import SplitConfig
 from beam_jobs.errors import InvalidInputError
-from beam_jobs.examples import decode_example, encode_example
-from beam_jobs.features import tensor_from_bytes
+from beam_jobs.examples import encode_example
+from beam_jobs.image import ImageConfig
 from beam_jobs.splits import SPLITS, assign_split
 
 LINEAR = AudioConfig(num_mel_bins=0)  # linear bins make the expected peak bin a plain division
@@ -218,13 +219,14 @@ def test_listed_files_keep_their_split_and_listed_splits_take_no_others():
     ("audio", np.arange(12, dtype=np.float32).reshape(3, 4) / 7),
     ("image", np.arange(24, dtype=np.uint8).reshape(2, 4, 3)),
 ])
-def test_example_round_trip(modality, tensor):
+def test_example_round_trip(modality, tensor, example_decoder, bytes_to_tensor):
     serialized = encode_example(tensor=tensor, label=2, label_name="cat", modality=modality,
-                                example_id="ab" * 32, path="cat/1.png", split="validation")
+                                tensor_dtype=tensor.dtype.name, example_id="ab" * 32, path="cat/1.png",
+                                split="validation")
 
-    decoded = decode_example(serialized)
+    decoded = example_decoder(serialized)
 
-    restored = tensor_from_bytes(decoded["tensor"], dtype=decoded["dtype"], shape=decoded["shape"])
+    restored = bytes_to_tensor(decoded["tensor"], dtype=decoded["dtype"], shape=decoded["shape"])
     np.testing.assert_array_equal(restored, tensor)
     assert restored.dtype == tensor.dtype
     assert {key: decoded[key] for key in ("label", "label_name", "modality", "id", "path", "split")} == {
@@ -234,7 +236,8 @@ def test_example_round_trip(modality, tensor):
 
 def test_encode_example_is_byte_stable_and_rejects_the_wrong_dtype():
     tensor = np.ones((2, 2), dtype=np.float32)
-    fields = dict(label=0, label_name="a", modality="audio", example_id="00", path="a/x.wav", split="train")
+    fields = dict(label=0, label_name="a", modality="audio", tensor_dtype="float32", example_id="00", path="a/x.wav",
+                  split="train")
 
     assert encode_example(tensor=tensor, **fields) == encode_example(tensor=tensor.copy(), **fields)
     with pytest.raises(TypeError, match="float32"):

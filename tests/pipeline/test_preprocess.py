@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import sys
 
+import crc32c
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
-from tfrecord import reader as tfrecord_reader
-from tfrecord.writer import TFRecordWriter
 
 from beam_jobs import preprocess
-from beam_jobs.features import FEATURES, tensor_from_bytes
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
 from beam_jobs.config import SplitConfig
+from beam_jobs.dataset_layout import MANIFEST_NAME
+from beam_jobs.features import FEATURES
+from beam_jobs.manifest import DatasetManifest
 from beam_jobs.splits import SPLITS, assign_split
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -81,43 +82,41 @@ def base_run(tree, tmp_path_factory, runner_flags):
     return run_pipeline(tree, tmp_path_factory.mktemp("in_memory"), *runner_flags["in_memory"])
 
 
+def masked_crc(data: bytes) -> bytes:
+    """TFRecord's masked CRC-32C, little-endian."""
+    crc = crc32c.crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
 def read_verified_records(path: pathlib.Path, *, compressed: bool) -> list[bytes]:
     """Records of a shard after checking both CRCs of each with the `crc32c` package.
 
-    tfrecord's own reader skips the CRCs, so they are checked here, by an
-    implementation independent of the google-crc32c one the pipeline writes with.
+    An implementation independent of the google-crc32c one the pipeline writes with.
     """
     data = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
     records, offset = [], 0
     while offset < len(data):
         length_bytes = data[offset:offset + 8]
-        assert data[offset + 8:offset + 12] == TFRecordWriter.masked_crc(length_bytes), f"length CRC in {path}"
+        assert data[offset + 8:offset + 12] == masked_crc(length_bytes), f"length CRC in {path}"
         length = int.from_bytes(length_bytes, "little")
         record = data[offset + 12:offset + 12 + length]
         data_crc = data[offset + 12 + length:offset + 16 + length]
-        assert data_crc == TFRecordWriter.masked_crc(record), f"data CRC in {path}"
+        assert data_crc == masked_crc(record), f"data CRC in {path}"
         records.append(record)
         offset += 16 + length
-    iterated = tfrecord_reader.tfrecord_iterator(str(path), compression_type="gzip" if compressed else None)
-    assert [bytes(record) for record in iterated] == records
     return records
 
 
-TFRECORD_DESCRIPTION = {feature.name: "byte" if feature.kind == "bytes" else "int" for feature in FEATURES}
-
-
-def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest) -> dict[str, list[dict]]:
-    """{split: examples} read with tfrecord's example_loader, in shard order; one root per modality."""
+def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest, parse) -> dict[str, list[dict]]:
+    """{split: examples} parsed by TensorFlow's tf.train.Example, in shard order; one root per modality."""
     examples = {}
     for split, info in manifest.splits.items():
         examples[split] = []
         for shard in info.shards:
             path = output_dir / manifest.modality / shard.path
             records = read_verified_records(path, compressed=manifest.compression == "GZIP")
-            loaded = list(tfrecord_reader.example_loader(
-                str(path), None, TFRECORD_DESCRIPTION,
-                compression_type="gzip" if manifest.compression == "GZIP" else None))
-            assert len(loaded) == len(records) == shard.num_examples, path
+            loaded = [parse(record) for record in records]
+            assert len(loaded) == shard.num_examples, path
             paths = [example["path"].decode() for example in loaded]
             assert paths == sorted(paths, key=lambda p: hashlib.sha256(p.encode()).digest()), (
                 f"{path} is not in the pseudo-random order of its paths' SHA-256")
@@ -125,14 +124,14 @@ def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest) -> dict[s
     return examples
 
 
-def test_every_input_file_becomes_a_record_or_an_error_row(base_run, tree):
+def test_every_input_file_becomes_a_record_or_an_error_row(base_run, tree, example_parser):
     counters = base_run.counters
     assert (counters["audio_skipped_files"], counters["audio_ignored_files"], counters["image_ignored_files"]) == (
         1, 2, 1)
     paths_in_errors = {row["path"] for row in base_run.error_rows}
     for modality, folder in (("audio", "speech"), ("image", "pictures")):
         manifest = base_run.manifests[modality]
-        examples = load_examples(pathlib.Path(base_run.output_dir), manifest)
+        examples = load_examples(pathlib.Path(base_run.output_dir), manifest, example_parser)
         record_paths = {str(tree / folder / example["path"].decode()) for split in examples
                         for example in examples[split]}
         num_records = sum(len(split_examples) for split_examples in examples.values())
@@ -154,24 +153,24 @@ def test_every_bad_file_has_an_error_row_with_its_reason(base_run, tree):
     assert [manifest.num_errors for manifest in base_run.manifests.values()] == [4, 2]
 
 
-def test_records_carry_labels_splits_ids_and_tensors(base_run, tree):
+def test_records_carry_labels_splits_ids_and_tensors(base_run, tree, example_parser, bytes_to_tensor):
     for modality, folder in (("audio", "speech"), ("image", "pictures")):
         manifest = base_run.manifests[modality]
-        for split, examples in load_examples(pathlib.Path(base_run.output_dir), manifest).items():
+        for split, examples in load_examples(pathlib.Path(base_run.output_dir), manifest, example_parser).items():
             for example in examples:
                 source = tree / folder / example["path"].decode()
                 assert example["id"].decode() == hashlib.sha256(source.read_bytes()).hexdigest()
                 assert example["label_name"].decode() == source.relative_to(tree / folder).parts[0]
                 assert manifest.labels[example["label"][0]] == example["label_name"].decode()
                 assert (example["split"].decode(), example["modality"].decode()) == (split, modality)
-                tensor = tensor_from_bytes(example["tensor"], dtype=example["dtype"].decode(),
+                tensor = bytes_to_tensor(example["tensor"], dtype=example["dtype"].decode(),
                                            shape=example["shape"])
                 assert list(tensor.shape) == manifest.tensor_shape
                 np.testing.assert_array_equal(tensor, manifest.featurize(source.read_bytes()))
 
 
-def test_split_list_is_honoured_and_takes_only_listed_files(base_run):
-    examples = load_examples(pathlib.Path(base_run.output_dir), base_run.manifests["audio"])
+def test_split_list_is_honoured_and_takes_only_listed_files(base_run, example_parser):
+    examples = load_examples(pathlib.Path(base_run.output_dir), base_run.manifests["audio"], example_parser)
     assert [example["path"].decode() for example in examples["validation"]] == [LISTED_FOR_VALIDATION]
 
 
@@ -224,16 +223,11 @@ def test_two_worker_processes_write_byte_identical_shards(base_run, tree, tmp_pa
         assert without_created(manifest) == without_created(base_run.manifests[modality])
 
 
-TF_READER = """
-import json, sys
-import tensorflow as tf
-from beam_jobs.features import FEATURES
-
-spec = {f.name: tf.io.VarLenFeature(tf.int64) if f.length is None else
-        tf.io.FixedLenFeature([f.length], tf.string if f.kind == "bytes" else tf.int64) for f in FEATURES}
-read = {}
-for manifest_path in sys.argv[1:]:
-    manifest = json.load(open(manifest_path))
+def read_with_tf_data(manifest_path: str) -> list[list]:
+    """[id, label, shape, tensor sum] of every record, read by tf.data as the trainer reads shards."""
+    spec = {f.name: tf.io.VarLenFeature(tf.int64) if f.length is None else
+            tf.io.FixedLenFeature([f.length], tf.string if f.kind == "bytes" else tf.int64) for f in FEATURES}
+    manifest = json.loads(pathlib.Path(manifest_path).read_text())
     folder = manifest_path.rsplit("/", 1)[0]
     files = [f"{folder}/{shard['path']}" for split in manifest["splits"].values() for shard in split["shards"]]
     rows = []
@@ -243,32 +237,53 @@ for manifest_path in sys.argv[1:]:
         tensor = tf.reshape(tensor, tf.sparse.to_dense(example["shape"]))
         rows.append([example["id"][0].numpy().decode(), int(example["label"][0]), tensor.shape.as_list(),
                      float(tf.reduce_sum(tf.cast(tensor, tf.float64)))])
+    return rows
+
+
+# Runs in a process of its own: the `tfrecord` package registers the same protobuf names as TensorFlow.
+TFRECORD_READER = """
+import json, sys
+from tfrecord import reader
+read = {}
+for manifest_path in sys.argv[1:]:
+    manifest = json.load(open(manifest_path))
+    folder = manifest_path.rsplit("/", 1)[0]
+    compression = "gzip" if manifest["compression"] == "GZIP" else None
+    rows = []
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            loaded = reader.example_loader(f"{folder}/{shard['path']}", None, {"id": "byte", "label": "int"},
+                                           compression_type=compression)
+            rows += [[example["id"].decode(), int(example["label"][0])] for example in loaded]
     read[manifest_path] = rows
-print(json.dumps(read))
+print(json.dumps({"tensorflow imported": "tensorflow" in sys.modules, "read": read}))
 """
 
 
-def test_gzip_shards_and_tf_data_read_the_same_examples(base_run, tree, tmp_path):
+def test_gzip_shards_tf_data_and_the_tfrecord_package_read_the_same_examples(base_run, tree, tmp_path,
+                                                                               example_parser, bytes_to_tensor):
     # The bundle-based runner is a third, independent way to run the same pipeline.
     gzipped = run_pipeline(tree, tmp_path, "--runner=BundleBasedDirectRunner", "--compression=gzip")
     assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path, second_gzipped=True)
     assert gzipped.manifests["audio"].compression == "GZIP"
 
     manifest_paths = [path for run in (base_run, gzipped) for path in run.manifest_paths.values()]
-    completed = subprocess.run([sys.executable, "-c", TF_READER, *manifest_paths], cwd=REPO, check=True,
+    completed = subprocess.run([sys.executable, "-c", TFRECORD_READER, *manifest_paths], cwd=REPO, check=True,
                                capture_output=True, text=True, timeout=120)
-    read_by_tf = json.loads(completed.stdout.strip().splitlines()[-1])
+    tf_free = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert not tf_free["tensorflow imported"]
 
     for run in (base_run, gzipped):
         for modality, manifest in run.manifests.items():
-            examples = load_examples(pathlib.Path(run.output_dir), manifest)
+            examples = load_examples(pathlib.Path(run.output_dir), manifest, example_parser)
             expected = [[example["id"].decode(), int(example["label"][0]), manifest.tensor_shape,
-                         float(tensor_from_bytes(example["tensor"], dtype=manifest.tensor_dtype,
-                                                 shape=manifest.tensor_shape).sum(dtype=np.float64))]
+                         float(bytes_to_tensor(example["tensor"], dtype=manifest.tensor_dtype,
+                                               shape=manifest.tensor_shape).sum(dtype=np.float64))]
                         for split in manifest.splits for example in examples[split]]
-            got = read_by_tf[run.manifest_paths[modality]]
+            got = read_with_tf_data(run.manifest_paths[modality])
             assert [row[:3] for row in got] == [row[:3] for row in expected]
             np.testing.assert_allclose([row[3] for row in got], [row[3] for row in expected], rtol=1e-6)
+            assert tf_free["read"][run.manifest_paths[modality]] == [row[:2] for row in expected]
 
 
 def test_rerun_with_other_shard_count_leaves_no_stale_shards(base_run, tree, tmp_path, runner_flags):
@@ -286,7 +301,7 @@ def test_rerun_with_other_shard_count_leaves_no_stale_shards(base_run, tree, tmp
     assert sum(split.num_examples for split in manifest.splits.values()) == 12
 
 
-def test_fixed_labels_keep_their_order_and_reject_other_classes(tree, tmp_path, runner_flags):
+def test_fixed_labels_keep_their_order_and_reject_other_classes(tree, tmp_path, runner_flags, example_parser):
     summary = run_pipeline(tree, tmp_path, "--audio_labels=yes,no", *runner_flags["in_memory"],
                            modalities=("audio",))
 
@@ -294,7 +309,7 @@ def test_fixed_labels_keep_their_order_and_reject_other_classes(tree, tmp_path, 
     assert manifest.labels == ["yes", "no"]
     unknown = sorted(row["path"] for row in summary.error_rows if "not in the fixed audio labels" in row["reason"])
     assert unknown == sorted(str(path) for path in (tree / "speech" / "up").glob("*.wav"))
-    for examples in load_examples(tmp_path, manifest).values():
+    for examples in load_examples(tmp_path, manifest, example_parser).values():
         assert all(manifest.labels[e["label"][0]] == e["label_name"].decode() for e in examples)
 
 

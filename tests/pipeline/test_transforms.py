@@ -16,16 +16,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.config import AUDIO_EXTENSIONS, AudioConfig, ImageConfig, SplitConfig
-from beam_jobs.examples import decode_example
+from beam_jobs.assign import AssignShards, ReadSplitLists, _key_by_part, read_split_lists_of_roots
+from beam_jobs.audio import AUDIO, AudioConfig
+from beam_jobs.config import SplitConfig
+from beam_jobs.counters import METRICS_NAMESPACE
+from beam_jobs.error_rows import write_error_rows
 from beam_jobs.examples import encode_example
-from beam_jobs.layout import class_folder, classify, join_root, relative_to_root
+from beam_jobs.featurize import FeaturizePart
+from beam_jobs.image import IMAGE, ImageConfig
+from beam_jobs.input_files import InputFile, InputFileCoder, MatchInputFiles, read_at_most
+from beam_jobs.input_tree import class_folder, classify, join_root, relative_to_root
+from beam_jobs.labels import ComputeVocabulary
+from beam_jobs.records import ErrorRow
 from beam_jobs.sharding import (ShardFile, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import assign_split
-from beam_jobs.transforms import (METRICS_NAMESPACE, AssignShards, ComputeVocabulary, ErrorRow, FeaturizePart,
-                                  InputFile, InputFileCoder, MatchInputFiles, ReadSplitLists, _key_by_part,
-                                  read_at_most, read_split_lists_of_roots, write_error_rows)
+
+AUDIO_EXTENSIONS = AUDIO.extensions
 
 
 @pytest.fixture
@@ -147,7 +154,7 @@ def in_path_hash_order(paths) -> list[str]:
 
 
 def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files_to_errors(
-        tmp_path, pipeline, make_sine, make_wav):
+        tmp_path, pipeline, make_sine, make_wav, example_decoder):
     root, out = str(tmp_path / "in"), tmp_path / "out"
     good = make_wav(make_sine(440, rate=16000), rate=16000)
     files = {
@@ -170,8 +177,9 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
     vocabulary = pipeline | "Vocabulary" >> beam.Create([{"no": 0, "yes": 1}])
     outputs = (pipeline
                | beam.Create([(("test", 2, 1), input_files), (("train", 0, 0), bad_only)])
-               | beam.ParDo(FeaturizePart(modality="audio", config=config, dataset_dir=str(out),
-                                          roots=(str(tmp_path / "elsewhere"), root)),
+               | beam.ParDo(FeaturizePart(spec=AUDIO, config=config, dataset_dir=str(out),
+                                          roots=(str(tmp_path / "elsewhere"), root),
+                                          progress_dir=str(tmp_path / "progress")),
                             vocabulary=beam.pvalue.AsSingleton(vocabulary)
                             ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
 
@@ -180,7 +188,7 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
         assert isinstance(shard_part, ShardPart)
         assert (shard_part.split, shard_part.index, shard_part.part, shard_part.num_examples,
                 shard_part.label_counts) == ("test", 2, 1, 2, {"no": 1, "yes": 1})
-        decoded = [decode_example(record) for record in read_framed_records(shard_part.temp_path)]
+        decoded = [example_decoder(record) for record in read_framed_records(shard_part.temp_path)]
         assert [fields["path"] for fields in decoded] == in_path_hash_order(["no/also_good.wav", "yes/good.wav"])
         for fields in decoded:
             label_name = fields["path"].split("/")[0]
@@ -230,10 +238,11 @@ def test_shard_and_part_counts_and_indices():
 
 def test_record_bytes_is_the_size_of_a_framed_record():
     tensor = np.zeros((28, 28, 1), dtype=np.uint8)
-    real = encode_example(tensor=tensor, label=3, label_name="sneaker", modality="image", example_id="f" * 64,
+    real = encode_example(tensor=tensor, label=3, label_name="sneaker", modality="image", tensor_dtype="uint8",
+                          example_id="f" * 64,
                           path="sneaker/train_00017.png", split="train")
 
-    assert abs(record_bytes("image", feature_shape=(28, 28, 1)) - (len(real) + 16)) < 64
+    assert abs(record_bytes(IMAGE, feature_shape=(28, 28, 1)) - (len(real) + 16)) < 64
 
 
 def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pipeline):
@@ -288,7 +297,7 @@ def test_error_rows_file_is_sorted_and_exists_when_empty(tmp_path):
 
 
 def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_parts(
-        tmp_path, pipeline, make_image):
+        tmp_path, pipeline, make_image, example_decoder):
     rng = np.random.default_rng(3)
     input_files = []
     for index in range(30):
@@ -308,8 +317,9 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
                                       split_lists=split_lists, record_bytes=1000, shard_bytes=10**9,
                                       fixed_num_shards=None, part_bytes=part_bytes)
                        | beam.GroupByKey()
-                       | beam.ParDo(FeaturizePart(modality="image", config=ImageConfig(),
-                                                  dataset_dir=str(tmp_path / name), roots=(str(tmp_path),)),
+                       | beam.ParDo(FeaturizePart(spec=IMAGE, config=ImageConfig(),
+                                                  dataset_dir=str(tmp_path / name), roots=(str(tmp_path),),
+                                                  progress_dir=str(tmp_path / "progress")),
                                     vocabulary=beam.pvalue.AsSingleton(vocabulary))
                        | WriteShards(dataset_dir=str(tmp_path / name), compression=None))
         assert_that(shard_files, equal_to([ShardFile("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
@@ -319,7 +329,7 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
     shard_name = ".tmp-train-00000.tfrecord"
     shard = (tmp_path / "forward" / shard_name).read_bytes()
     assert (tmp_path / "backward" / shard_name).read_bytes() == shard == (tmp_path / "parts" / shard_name).read_bytes()
-    paths = [decode_example(record)["path"] for record in read_framed_records(tmp_path / "parts" / shard_name)]
+    paths = [example_decoder(record)["path"] for record in read_framed_records(tmp_path / "parts" / shard_name)]
     assert paths == in_path_hash_order(f.relative_path for f in input_files)
 
 

@@ -1,12 +1,11 @@
-"""The rules of a folder-per-class input tree, shared by the pipeline and the app.
+"""The rules of a folder-per-class input tree, shared by the pipeline, the app and the report.
 
   ROOT/<label>/.../<file>   an input file, labelled by its top folder
   ROOT/_*/..., .../_*/...   skipped: folders named `_...` (such as `_background_noise_`) hold no examples
   ROOT/validation_list.txt  optional lists of relative paths that fix those files' splits
   ROOT/testing_list.txt
 
-Pure Python: imports neither Beam nor TensorFlow nor the `tfrecord` package,
-whose protobufs clash with TensorFlow's, so the app's process can import it.
+Pure Python: no Beam, no TensorFlow.
 """
 from typing import Callable
 

@@ -1,20 +1,18 @@
-"""Which raw files of a dataset are in its held-out test split, without reading a TFRecord.
+"""Which raw files of a dataset fall in a split, found in its input roots without reading a TFRecord.
 
 A file's split depends only on its path relative to its input root, the split
 lists at that root and the manifest's `split_config` (`beam_jobs.splits`), so
-the app finds the test set in the raw folders the manifest names. The tree's
-rules come from `beam_jobs.layout`, which, unlike `beam_jobs.transforms`, never
-brings the `tfrecord` package next to TensorFlow.
+the app and the report find the held-out test files in the raw folders the
+manifest names. Local roots only; pure Python.
 """
 import dataclasses
 from pathlib import Path
 
-from beam_jobs.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, SplitConfig
-from beam_jobs.layout import classify, read_split_lists
+from beam_jobs.config import SplitConfig
+from beam_jobs.input_tree import classify, read_split_lists
 from beam_jobs.manifest import DatasetManifest
-from beam_jobs.splits import assign_split
-
-EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
+from beam_jobs.modalities import get as get_modality
+from beam_jobs.splits import SplitRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +39,7 @@ def list_split_samples(root: Path, *, split: str, labels: list[str], split_confi
     folder named `_...` (e.g. `_background_noise_`) are not examples. Sorted by
     label order, then path.
     """
-    listed = read_listed_splits(root)
+    rule = SplitRule(config=split_config, listed=read_listed_splits(root))
     samples = []
     for label in labels:
         folder = root / label
@@ -50,7 +48,7 @@ def list_split_samples(root: Path, *, split: str, labels: list[str], split_confi
         for path in sorted(folder.rglob("*")):
             relative_path = path.relative_to(root).as_posix()
             if (classify(relative_path, extensions=extensions) == "input" and path.is_file()
-                    and assign_split(relative_path, config=split_config, listed=listed) == split):
+                    and rule.split_of(relative_path) == split):
                 samples.append(Sample(path=path, relative_path=relative_path, label=label))
     return samples
 
@@ -61,7 +59,16 @@ def list_test_samples(manifest: DatasetManifest) -> list[Sample]:
     The pipeline records its roots as absolute paths or URLs.
     """
     split_config = SplitConfig(**manifest.split_config)
+    extensions = get_modality(manifest.modality).extensions
     return [sample
             for root in map(Path, manifest.input_roots) if root.is_dir()
             for sample in list_split_samples(root, split="test", labels=manifest.labels, split_config=split_config,
-                                             extensions=EXTENSIONS[manifest.modality])]
+                                             extensions=extensions)]
+
+
+def held_out_by_label(manifest: DatasetManifest) -> dict[str, list[Path]]:
+    """{label: its held-out test files}, every label of the vocabulary present (possibly empty)."""
+    by_label = {label: [] for label in manifest.labels}
+    for sample in list_test_samples(manifest):
+        by_label[sample.label].append(sample.path)
+    return by_label

@@ -1,0 +1,144 @@
+"""The preprocessing command line: its flags, and the validated `Settings` the pipeline is built from.
+
+Every modality of `beam_jobs.modalities` gets --<name>_root, --<name>_labels
+and the flags its config class declares; bad values stop the run at start-up
+with one line naming the flag.
+"""
+import argparse
+import dataclasses
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs import config as config_lib
+from beam_jobs import console
+from beam_jobs.config import ConfigError, SplitConfig
+from beam_jobs.dataset_layout import dataset_dir
+from beam_jobs.modalities import MODALITIES
+from beam_jobs.modality import Modality
+
+CLUSTER_HELP = """Flags this command does not know are Beam pipeline options. Those that matter beyond one machine:
+  --runner                       FnApiRunner (the default here), PrismRunner, PortableRunner, DataflowRunner, ...
+  --direct_num_workers           worker processes of the local runner (0: one per core)
+  --setup_file ./setup.py        ships beam_jobs to remote workers (Dataflow, Flink, Spark)
+  --project, --region, --temp_location gs://...    Dataflow
+  --verbose                      show Beam's own log lines too"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline needs, built and validated from the flags at start-up."""
+    roots: dict[str, tuple[str, ...]]  # modality -> its input roots, sorted; only the modalities asked for
+    output_dir: str
+    configs: dict[str, object]  # modality -> its featurization config
+    split_config: SplitConfig
+    fixed_labels: dict[str, tuple[str, ...] | None]
+    shard_bytes: int
+    num_shards: int | None
+    compression: str | None  # None or "GZIP", as in the manifest and tf.data
+
+    @property
+    def specs(self) -> dict[str, Modality]:
+        """The specs of the modalities asked for, in registry order."""
+        return {name: MODALITIES[name] for name in self.roots}
+
+    def dataset_dir(self, modality: str) -> str:
+        return dataset_dir(self.output_dir, modality)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m beam_jobs.preprocess",
+                                     description="Folder-per-class inputs to sharded TFRecords and a manifest.",
+                                     epilog=CLUSTER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for spec in MODALITIES.values():
+        parser.add_argument(
+            f"--{spec.name}_root", action="append", default=[],
+            help=f"folder-per-class tree ROOT/<label>/.../<file> of {'/'.join(spec.extensions)} files; "
+                 "repeat for several roots. Folders named _* are skipped. A modality whose files all "
+                 "fail still gets a manifest, with zero examples and no shards, so an older dataset "
+                 "never survives a re-ingest looking current.")
+        parser.add_argument(
+            f"--{spec.name}_labels",
+            help="comma-separated label vocabulary fixing the label indices across re-ingests; files "
+                 "of other classes become error rows. Default: the sorted class folders found.")
+    parser.add_argument("--output_dir", required=True, help="local path or URL (gs://, s3://) for the outputs")
+    parser.add_argument("--shard_size_mb", type=float, default=64.0,
+                        help="target uncompressed shard size: a split gets ceil(its bytes / target) shards, "
+                             "its bytes being its listed files times the size of one record")
+    parser.add_argument("--num_shards", type=int,
+                        help="fixed number of hash buckets per split instead of --shard_size_mb; "
+                             "buckets that receive no example write no shard")
+    parser.add_argument("--compression", choices=("none", "gzip"), default="none",
+                        help="gzip writes .tfrecord.gz shards")
+    console.add_verbose_flag(parser)
+    for config_class in [spec.config_class for spec in MODALITIES.values()] + [SplitConfig]:
+        config_lib.add_flags(parser, config_class)
+    return parser
+
+
+def parse_labels(text: str | None, *, flag: str, parser: argparse.ArgumentParser):
+    if text is None:
+        return None
+    labels = tuple(label.strip() for label in text.split(","))
+    if not all(labels) or len(set(labels)) != len(labels):
+        parser.error(f"--{flag}={text!r}: labels must be non-empty and distinct")
+    if any(label.startswith("_") or "/" in label for label in labels):
+        parser.error(f"--{flag}={text!r}: a label is a class folder name, so no '/' and no leading '_'")
+    return labels
+
+
+def normalize_root(root: str, *, flag: str, parser: argparse.ArgumentParser) -> str:
+    """An absolute local path or a URL without a trailing slash; it must hold at least one file."""
+    if FileSystems.get_scheme(root) is None:
+        root = os.path.abspath(root)
+    root = root.rstrip("/")
+    if not FileSystems.match([f"{root}/**"], limits=[1])[0].metadata_list:
+        parser.error(f"--{flag} {root}: no files found")
+    return root
+
+
+def normalize_output_dir(output_dir: str, *, parser: argparse.ArgumentParser) -> str:
+    """An absolute local path or a URL without a trailing slash; a local one must not be a file."""
+    output_dir = output_dir.rstrip("/")
+    if FileSystems.get_scheme(output_dir) is None:
+        output_dir = os.path.abspath(output_dir)
+        # Checked here, not when the first worker writes into it: a folder is needed.
+        existing = output_dir
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            parser.error(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+    return output_dir
+
+
+def build_config(config_class, args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The validated config from the flags; a bad value exits at once naming its flag."""
+    try:
+        return config_lib.from_flags(config_class, args)
+    except ConfigError as error:
+        parser.error(config_lib.flag_error(config_class, error))
+
+
+def parse_settings(argv=None) -> tuple[Settings, list[str]]:
+    """(Settings, the remaining arguments for PipelineOptions)."""
+    parser = build_arg_parser()
+    args, pipeline_args = parser.parse_known_args(argv)
+    # Sorted: a file's reference holds the index of its root, which must not depend on the flags' order.
+    roots = {name: tuple(sorted(normalize_root(root, flag=f"{name}_root", parser=parser)
+                                for root in getattr(args, f"{name}_root")))
+             for name in MODALITIES if getattr(args, f"{name}_root")}
+    if not roots:
+        parser.error("give at least one --" + " or --".join(f"{name}_root" for name in MODALITIES))
+    if args.num_shards is not None and args.num_shards < 1:
+        parser.error(f"--num_shards={args.num_shards}: must be >= 1")
+    if args.shard_size_mb <= 0:
+        parser.error(f"--shard_size_mb={args.shard_size_mb}: must be > 0")
+    configs = {name: build_config(spec.config_class, args, parser) for name, spec in MODALITIES.items()}
+    settings = Settings(
+        roots=roots, output_dir=normalize_output_dir(args.output_dir, parser=parser), configs=configs,
+        split_config=build_config(SplitConfig, args, parser),
+        fixed_labels={name: parse_labels(getattr(args, f"{name}_labels"), flag=f"{name}_labels", parser=parser)
+                      for name in MODALITIES},
+        shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
+        compression="GZIP" if args.compression == "gzip" else None)
+    return settings, pipeline_args

@@ -1,0 +1,91 @@
+"""`python -m beam_jobs.preprocess` as a person runs it: what it prints, and its exit status."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def preprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "beam_jobs.preprocess", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory, make_sine, make_wav) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("cli_tree")
+    for label, frequency in (("low", 300), ("high", 2000)):
+        (root / label).mkdir()
+        for take in range(6):
+            (root / label / f"s{take}_nohash_0.wav").write_bytes(
+                make_wav(make_sine(frequency + 10 * take, rate=16000), rate=16000))
+    return root
+
+
+def test_help_starts_with_usage_and_names_the_cluster_flags():
+    completed = preprocess("--help")
+    assert completed.returncode == 0 and completed.stderr == ""
+    assert completed.stdout.startswith("usage: python -m beam_jobs.preprocess")
+    for flag in ("--audio_root", "--image_root", "--max_audio_bytes", "--image_channels", "--runner",
+                 "--setup_file", "--verbose"):
+        assert flag in completed.stdout, flag
+
+
+def test_a_run_prints_progress_and_the_summary_and_none_of_beams_chatter(small_tree, tmp_path):
+    # The default runner: FnApiRunner with a worker process per core, whose start-up chatter is filtered.
+    completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path}")
+
+    assert completed.returncode == 0, completed.stderr
+    assert "audio: 12 examples and 0 errors from 12 input files" in completed.stdout
+    assert "audio: 12 of 12 files (100%)" in completed.stderr
+    for chatter in ("INFO:", "apitools", "semi_persistent_directory", "Worker:", "WARNING"):
+        assert chatter not in completed.stdout + completed.stderr, chatter
+    assert len(completed.stderr.splitlines()) <= 3, completed.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["audio", "errors.jsonl"], "no progress left over"
+
+
+def test_an_output_dir_that_is_a_file_fails_at_start_in_one_line(small_tree, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path / 'taken' / 'out'}")
+
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines()[-1] == (
+        f"python -m beam_jobs.preprocess: error: --output_dir {tmp_path / 'taken' / 'out'}: "
+        f"{tmp_path / 'taken'} is a file, not a folder")
+    assert "Traceback" not in completed.stderr
+
+
+def test_files_without_class_folders_fail_loudly(tmp_path, make_sine, make_wav, runner_flags):
+    (tmp_path / "flat").mkdir()
+    for take in range(3):
+        (tmp_path / "flat" / f"{take}.wav").write_bytes(make_wav(make_sine(440, rate=8000), rate=8000))
+
+    completed = preprocess(f"--audio_root={tmp_path / 'flat'}", f"--output_dir={tmp_path / 'out'}",
+                           *runner_flags["in_memory"])
+
+    assert completed.returncode == 1
+    assert ("error: audio: no input file became an example: all 3 files lie directly in the root, and inputs go "
+            "in ROOT/<label>/") in completed.stdout
+
+
+def test_a_root_of_another_modality_fails_loudly(tmp_path, make_image, runner_flags):
+    from PIL import Image
+
+    (tmp_path / "pictures" / "cat").mkdir(parents=True)
+    (tmp_path / "pictures" / "cat" / "a.png").write_bytes(make_image(Image.new("L", (4, 4)), "PNG"))
+
+    completed = preprocess(f"--audio_root={tmp_path / 'pictures'}", f"--output_dir={tmp_path / 'out'}",
+                           *runner_flags["in_memory"])
+
+    assert completed.returncode == 1
+    assert "error: audio: no input file became an example: none of the 1 files under its roots" in completed.stdout
+
+
+def test_beam_jobs_never_imports_tensorflow_and_shares_a_process_with_it():
+    script = ("import sys; import beam_jobs.preprocess, beam_jobs.raw_files, app.artifacts; "
+              "assert 'tensorflow' not in sys.modules and 'tfrecord' not in sys.modules, 'imported'; "
+              "import tensorflow, beam_jobs.examples; print('ok')")
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and completed.stdout.strip() == "ok", completed.stderr[-2000:]
