@@ -127,7 +127,7 @@ def make_mixup(alpha: float) -> Callable | None:
     return mixup
 
 
-def make_audio_augmentation(config: TrainConfig) -> Callable | None:
+def make_spectrogram_augmentation(config: TrainConfig) -> Callable | None:
     """All enabled augmentations of `config`, in order: stretches and shifts, noise, masks, mixup; or None."""
     ops = [op for op in (
         make_time_stretch(config.time_stretch),
@@ -184,3 +184,12 @@ def _resample(spectrograms, *, axis: int, positions, fill_silence: bool):
         return warped
     outside = along_axis((positions < 0) | (positions > last))
     return tf.where(outside, tf.reduce_min(spectrograms, axis=[1, 2], keepdims=True), warped)
+
+
+# ModelInput.augmentation -> the factory of a batch augmentation from the training config.
+AUGMENTATIONS = {"spectrogram": make_spectrogram_augmentation}
+
+
+def make_augmentation(family: str | None, config: TrainConfig) -> Callable | None:
+    """The training-only augmentation of a modality's `ModelInput.augmentation` family; None for none."""
+    return AUGMENTATIONS[family](config) if family else None

@@ -12,12 +12,12 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from beam_jobs.dataset_layout import manifest_path
 from beam_jobs.features import FEATURES
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+from beam_jobs.manifest import DatasetManifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 TRAINING_FEATURES = ("tensor", "label")
-SPLITS = ("train", "validation", "test")
 _INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
 _READ_BLOCK = 256  # records handed over at once by the shard readers
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
@@ -25,7 +25,7 @@ _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
 
 def load_manifest(data_dir: str) -> DatasetManifest:
     """The DatasetManifest in `data_dir` (local or gs://); FileNotFoundError names the missing file."""
-    path = tf.io.gfile.join(data_dir, MANIFEST_NAME)
+    path = manifest_path(data_dir)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: --data_dir must be a folder written by beam_jobs.preprocess, "
                                 f"e.g. OUT/audio or OUT/image")

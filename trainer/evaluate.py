@@ -13,7 +13,6 @@ its input folder, e.g. metrics-festival-all.json, so the model's own test
 metrics are never overwritten. --split all evaluates every split together.
 """
 import argparse
-import functools
 import json
 import posixpath
 import sys
@@ -21,10 +20,11 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from beam_jobs.splits import SPLITS
 from trainer import plots
-from trainer.data import SPLITS, load_manifest, make_dataset
+from trainer.data import load_manifest, make_dataset
+from trainer.model_dir import ModelDir
 from trainer.predict import Predictor
-from trainer.train import HISTORY_FILE
 
 
 def classification_metrics(*, true: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict:
@@ -71,16 +71,16 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     stem = f"{tag}-{split}" if tag else split
     title = f"{posixpath.basename(model_dir.rstrip('/'))} on {stem}: accuracy {metrics['accuracy']:.4f} " \
             f"({metrics['num_examples']} examples)"
-    path = functools.partial(tf.io.gfile.join, model_dir)
-    _write(path(f"metrics-{stem}.json"), (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
-    _write(path(f"confusion-{stem}.png"), plots.confusion_png(
+    layout = ModelDir(model_dir)
+    _write(layout.metrics(stem), (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+    _write(layout.confusion(stem), plots.confusion_png(
         confusion=np.array(metrics["confusion_matrix"]), labels=predictor.labels, title=title))
-    written = [path(f"metrics-{stem}.json"), path(f"confusion-{stem}.png")]
-    if tf.io.gfile.exists(path(HISTORY_FILE)):
-        with tf.io.gfile.GFile(path(HISTORY_FILE)) as history_file:
+    written = [layout.metrics(stem), layout.confusion(stem)]
+    if tf.io.gfile.exists(layout.history):
+        with tf.io.gfile.GFile(layout.history) as history_file:
             history = json.load(history_file)
-        _write(path("training_curves.png"), plots.training_curves_png(history=history, title=model_dir))
-        written.append(path("training_curves.png"))
+        _write(layout.training_curves, plots.training_curves_png(history=history, title=model_dir))
+        written.append(layout.training_curves)
     print(f"{title}; macro F1 {metrics['macro_f1']:.4f}. Wrote {', '.join(written)}.")
     return metrics
 

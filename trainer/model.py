@@ -2,31 +2,35 @@
 
 The model takes the stored tensor as is (float32 [frames, bins] log-mel
 spectrograms, uint8 [height, width, channels] images), so the exported
-SavedModel serves the pipeline's featurizer output with no extra code.
+SavedModel serves the pipeline's featurizer output with no extra code. What
+sits in front of the convolutions comes from the modality's `ModelInput`.
 """
 import keras
 from keras import layers
 
+from beam_jobs.modalities import get as get_modality
+from beam_jobs.modality import ModelInput
 
-def input_layers(*, modality: str, shape: list[int]) -> list:
-    """The Input and the normalization that maps the stored tensor to what the convolutions see."""
-    if modality == "audio":
-        frames, bins = shape
-        return [
-            keras.Input(shape=(frames, bins), dtype="float32", name="spectrogram"),
-            layers.Reshape((frames, bins, 1)),
-            # Per-utterance mean/variance over the whole spectrogram: removes loudness and
-            # recording-level offsets, which differ between speakers and synthesizers.
-            layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, name="utterance_normalization"),
-        ]
-    return [
-        keras.Input(shape=tuple(shape), dtype="uint8", name="image"),
-        layers.Rescaling(1 / 255, name="to_unit_range"),
-    ]
+# ModelInput.normalization -> the layer that maps the stored tensor to what the convolutions see.
+NORMALIZATIONS = {
+    # Mean/variance over the whole example: per utterance, it removes loudness and recording-level
+    # offsets, which differ between speakers and synthesizers.
+    "standardize": lambda: layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False,
+                                                     name="utterance_normalization"),
+    "unit_range": lambda: layers.Rescaling(1 / 255, name="to_unit_range"),
+}
+
+
+def input_layers(*, model_input: ModelInput, dtype: str, shape: list[int]) -> list:
+    """The Input of the stored tensor, a channel axis if it has none, and its normalization."""
+    stack = [keras.Input(shape=tuple(shape), dtype=dtype, name=model_input.name)]
+    if model_input.add_channel_axis:
+        stack.append(layers.Reshape((*shape, 1)))
+    return stack + [NORMALIZATIONS[model_input.normalization]()]
 
 
 def seed_network(num_classes: int) -> list:
-    """The reference convnet (keras-io mnist_convnet shape)."""
+    """The reference convnet: two 3x3 convolutions of 32 filters with max-pooling, Dense 64, dropout 0.5."""
     return [
         layers.Conv2D(32, (3, 3), activation="relu"),
         layers.MaxPooling2D((2, 2)),
@@ -66,8 +70,9 @@ def build_model(*, name: str, modality: str, shape: list[int], num_classes: int,
     RMSprop, its step size cosine-decayed to 0 over `decay_steps` (0: constant), and
     categorical cross-entropy on one-hot labels; reports accuracy.
     """
-    model = keras.Sequential(input_layers(modality=modality, shape=shape) + NETWORKS[name](num_classes),
-                             name=f"{name}_{modality}")
+    spec = get_modality(modality)
+    model = keras.Sequential(input_layers(model_input=spec.model_input, dtype=spec.tensor_dtype, shape=shape)
+                             + NETWORKS[name](num_classes), name=f"{name}_{modality}")
     if decay_steps:
         # A function of the optimizer's step count, which BackupAndRestore restores: resumes exactly.
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps)

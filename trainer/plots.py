@@ -1,4 +1,8 @@
-"""PNG figures for people: the confusion matrix and the training curves (matplotlib, Agg backend)."""
+"""PNG figures for people: an example as the model gets it, the confusion matrix, the training curves.
+
+matplotlib with the Agg backend, no TensorFlow: the app and the report draw
+examples with `preview_png` too.
+"""
 import io
 
 import matplotlib
@@ -6,6 +10,42 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, safe in threads and on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def preview_png(panels: list, *, title: str | None = None, width: float = 7.5, colorbar: bool = True) -> bytes:
+    """PNG of a modality's preview panels (`beam_jobs.modality.PreviewPanel`), stacked, sharing the time axis.
+
+    A waveform is drawn as a line over its seconds, a heatmap as an image with
+    time across and bins up, pixels as a grayscale or colour image.
+    """
+    heights = [2 if panel.kind == "heatmap" else 1 for panel in panels]
+    figure = plt.figure(figsize=(width, 1.4 * sum(heights) + (0.5 if title else 0.2)))
+    # A narrow column for the heatmaps' colour bars, so every panel spans the same time axis width.
+    grid = figure.add_gridspec(len(panels), 2, height_ratios=heights, width_ratios=(40, 1 if colorbar else 0.01))
+    for row, panel in enumerate(panels):
+        axes = figure.add_subplot(grid[row, 0])
+        axes.set_title(panel.title, fontsize=9)
+        axes.tick_params(labelsize=7)
+        if panel.kind == "waveform":
+            axes.plot(np.arange(panel.values.size) / panel.rate, panel.values, linewidth=0.6, color="#37474f")
+            axes.set_xlim(0, max(panel.seconds, 1e-3))
+            axes.set_ylim(-1.05, 1.05)
+            axes.set_xlabel("seconds", fontsize=8)
+        elif panel.kind == "heatmap":
+            image = axes.imshow(panel.values.T, origin="lower", aspect="auto", cmap="magma",
+                                extent=(0, panel.seconds, 0, panel.values.shape[1]))
+            axes.set_xlabel("seconds", fontsize=8)
+            axes.set_ylabel(panel.ylabel, fontsize=8)
+            if colorbar:
+                figure.colorbar(image, cax=figure.add_subplot(grid[row, 1])).ax.tick_params(labelsize=7)
+        else:
+            axes.imshow(panel.values.squeeze(), cmap="gray" if panel.values.shape[-1] == 1 else None)
+            axes.set_xticks([])
+            axes.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return _to_png(figure)
 
 
 def confusion_png(*, confusion: np.ndarray, labels: list[str], title: str) -> bytes:

@@ -4,7 +4,7 @@
 
 Files are featurized by `DatasetManifest.featurize`, the very functions the Beam
 pipeline used, with the featurization stored beside the model: no training /
-serving skew. An unreadable file gets a one-line message (path: reason) on
+serving skew. TensorFlow's start-up notes stay hidden (see `trainer`). An unreadable file gets a one-line message (path: reason) on
 stderr, or {"path", "error"} with --json; the other files are still predicted
 and the exit status is 1.
 """
@@ -16,9 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from beam_jobs.errors import InvalidInputError
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
-
-SAVED_MODEL_DIR = "saved_model"
+from beam_jobs.manifest import DatasetManifest
+from trainer.model_dir import ModelDir
 
 
 class Predictor:
@@ -26,7 +25,7 @@ class Predictor:
 
     Attributes:
       labels: the class names, in the model's output order.
-      modality: "audio" or "image".
+      modality: the modality's name.
       manifest: the training dataset's manifest (vocabulary and featurization).
     """
 
@@ -39,22 +38,25 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, model_dir: str) -> "Predictor":
         """Loads `model_dir/saved_model` (faster to load and call than model.keras) and `dataset.json`."""
-        manifest_path = tf.io.gfile.join(model_dir, MANIFEST_NAME)
-        model_path = tf.io.gfile.join(model_dir, SAVED_MODEL_DIR)
-        for path in (manifest_path, model_path):
+        layout = ModelDir(model_dir)
+        for path in (layout.manifest, layout.saved_model):
             if not tf.io.gfile.exists(path):
                 raise FileNotFoundError(f"{path} not found: is {model_dir} the --model_dir of a finished "
                                         f"`python -m trainer.train` run?")
-        with tf.io.gfile.GFile(manifest_path) as manifest_file:
+        with tf.io.gfile.GFile(layout.manifest) as manifest_file:
             manifest = DatasetManifest.from_json(manifest_file.read())
-        return cls(saved_model=tf.saved_model.load(model_path), manifest=manifest)
+        return cls(saved_model=tf.saved_model.load(layout.saved_model), manifest=manifest)
 
     def featurize(self, data: bytes) -> np.ndarray:
-        """Raw file bytes -> the stored tensor (float32 [frames, bins] or uint8 [h, w, c]).
+        """Raw file bytes -> the stored tensor (the modality's tensor_dtype, manifest.tensor_shape).
 
         Raises InvalidInputError for a file that cannot be used.
         """
         return self.manifest.featurize(data)
+
+    def preview(self, data: bytes) -> list:
+        """Raw file bytes -> the modality's preview panels: pictures of what the model gets. Raises InvalidInputError."""
+        return self.manifest.preview(data)
 
     def predict_tensors(self, tensors: np.ndarray) -> np.ndarray:
         """Stored tensors [batch, *tensor_shape] -> float32 probabilities [batch, len(labels)]."""

@@ -3,21 +3,14 @@
     python -m trainer.train --data_dir out/audio --model_dir models/audio [--epochs 40 --model seed ...]
 
 Everything about the data (labels, tensor shape, counts, shards, featurization)
-comes from its dataset.json. Writes into --model_dir:
-  model.keras        the best model by validation accuracy (the checkpoint)
-  saved_model/       the same model exported for serving: stored tensor batch -> probabilities
-  dataset.json       the training manifest: label vocabulary and featurization for prediction
-  history.json       per-epoch metrics and seconds; written last, it marks the run finished
-  train_config.json  the settings of the run, checked when an interrupted run is resumed
-  logs/              TensorBoard
-  backup/            BackupAndRestore state while training (removed when finished)
-Killed mid-training, the same command resumes from the last finished epoch; a
+comes from its dataset.json. Writes the model folder of `trainer.model_dir`:
+the best model, its SavedModel export, the dataset's manifest, the history, the
+run's settings, TensorBoard logs and, while training, the backup. Killed mid-training, the same command resumes from the last finished epoch; a
 finished run is not retrained unless --overwrite.
 """
 import argparse
 import csv
 import dataclasses
-import functools
 import json
 import sys
 import time
@@ -25,25 +18,20 @@ import time
 import keras
 import tensorflow as tf
 
-from beam_jobs.manifest import MANIFEST_NAME
-from trainer import config as config_lib
-from trainer.augment import make_audio_augmentation
+from beam_jobs import config as config_lib
+from beam_jobs.dataset_layout import manifest_path
+from trainer.augment import make_augmentation
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import load_manifest, make_dataset, shuffle_buffer_size
 from trainer.model import build_model
-from trainer.predict import SAVED_MODEL_DIR
+from trainer.model_dir import ModelDir
 
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.json"
-TRAIN_CONFIG_FILE = "train_config.json"
-EPOCH_LOG = "epochs.csv"  # appended epoch by epoch, so it survives resumes (Keras' History does not)
-BACKUP_DIR = "backup"
-LOG_DIR = "logs"
 MONITOR = "val_accuracy"
 
 
-def train(*, data_dir: str, model_dir: str, config: config_lib.TrainConfig, overwrite: bool = False) -> dict:
+def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool = False) -> dict:
     """Trains (or resumes) and writes the model_dir artifacts; returns the history dict."""
-    path = functools.partial(tf.io.gfile.join, model_dir)
+    layout = ModelDir(model_dir)
     manifest = load_manifest(data_dir)
     for split in ("train", "validation"):
         if split not in manifest.splits or manifest.splits[split].num_examples == 0:
@@ -51,18 +39,18 @@ def train(*, data_dir: str, model_dir: str, config: config_lib.TrainConfig, over
                              f"train and validation")
     if overwrite:
         _remove_run(model_dir)
-    elif tf.io.gfile.exists(path(HISTORY_FILE)):
-        history = _read_json(path(HISTORY_FILE))
+    elif tf.io.gfile.exists(layout.history):
+        history = _read_json(layout.history)
         print(f"{model_dir} is already trained (best {MONITOR} {history['best_val_accuracy']:.4f}); "
               f"pass --overwrite to train it again.")
         return history
     run_settings = {"data_dir": data_dir, "dataset_created": manifest.created, "config": dataclasses.asdict(config)}
-    _check_resumable(path(TRAIN_CONFIG_FILE), run_settings)
+    _check_resumable(layout.train_config, run_settings)
     tf.io.gfile.makedirs(model_dir)
-    _write_json(path(TRAIN_CONFIG_FILE), run_settings)
+    _write_json(layout.train_config, run_settings)
 
     keras.utils.set_random_seed(config.seed)
-    augment = make_audio_augmentation(config) if manifest.modality == "audio" else None
+    augment = make_augmentation(manifest.spec.model_input.augmentation, config)
     train_data = make_dataset(manifest=manifest, data_dir=data_dir, splits=["train"], batch_size=config.batch_size,
                               training=True, seed=config.seed,
                               shuffle_buffer=shuffle_buffer_size(manifest=manifest, megabytes=config.shuffle_buffer_mb),
@@ -80,37 +68,37 @@ def train(*, data_dir: str, model_dir: str, config: config_lib.TrainConfig, over
           f"augmentation {'on' if augment else 'off'}; up to {config.epochs} epochs of "
           f"{steps} batches of {config.batch_size}, {config.schedule} learning rate from {config.learning_rate}.")
     model.summary()
-    best_so_far = max((epoch[MONITOR] for epoch in _read_epoch_log(path(EPOCH_LOG))), default=None)
-    resumed_epoch = _backed_up_epoch(path(BACKUP_DIR))
+    best_so_far = max((epoch[MONITOR] for epoch in _read_epoch_log(layout.epoch_log)), default=None)
+    resumed_epoch = _backed_up_epoch(layout.backup)
     if resumed_epoch:
         print(f"Resuming {model_dir} after epoch {resumed_epoch} (best {MONITOR} so far {best_so_far:.4f}).")
     callbacks = [
         _EpochTimer(),  # first, so that the epoch log below records the seconds
         # The checkpoint is the final model; its threshold carries the best score across resumes.
-        keras.callbacks.ModelCheckpoint(path(MODEL_FILE), monitor=MONITOR, mode="max", save_best_only=True,
+        keras.callbacks.ModelCheckpoint(layout.model, monitor=MONITOR, mode="max", save_best_only=True,
                                         initial_value_threshold=best_so_far),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience),
-        keras.callbacks.CSVLogger(path(EPOCH_LOG), append=True),
-        keras.callbacks.TensorBoard(path(LOG_DIR)),
+        # Appended epoch by epoch, so it survives resumes (Keras' History does not).
+        keras.callbacks.CSVLogger(layout.epoch_log, append=True),
+        keras.callbacks.TensorBoard(layout.logs),
         # Last, so an epoch counts as done only once everything above has recorded it; kept after
         # fit, so that a kill during the export below does not restart training from scratch.
-        keras.callbacks.BackupAndRestore(path(BACKUP_DIR), delete_checkpoint=False, double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(layout.backup, delete_checkpoint=False, double_checkpoint=True),
     ]
     model.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=callbacks,
               shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a Dataset anyway
               verbose=1 if sys.stdout.isatty() else 2)
 
     # The best checkpoint, not EarlyStopping(restore_best_weights): that only knows this process' epochs.
-    best_model = keras.saving.load_model(path(MODEL_FILE))
-    best_model.export(path(SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
-    tf.io.gfile.copy(tf.io.gfile.join(data_dir, MANIFEST_NAME), path(MANIFEST_NAME), overwrite=True)
-    history = _history(_read_epoch_log(path(EPOCH_LOG)))
-    _write_json(path(HISTORY_FILE), history)
-    tf.io.gfile.rmtree(path(BACKUP_DIR))
+    best_model = keras.saving.load_model(layout.model)
+    best_model.export(layout.saved_model, format="tf_saved_model", verbose=False)
+    tf.io.gfile.copy(manifest_path(data_dir), layout.manifest, overwrite=True)
+    history = _history(_read_epoch_log(layout.epoch_log))
+    _write_json(layout.history, history)
+    tf.io.gfile.rmtree(layout.backup)
     print(f"Done: best {MONITOR} {history['best_val_accuracy']:.4f} at epoch {history['best_epoch']} of "
-          f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training). Wrote {path(MODEL_FILE)}, "
-          f"{path(SAVED_MODEL_DIR)}, {path(MANIFEST_NAME)}, {path(HISTORY_FILE)}; TensorBoard logs in "
-          f"{path(LOG_DIR)}.")
+          f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training). Wrote {layout.model}, "
+          f"{layout.saved_model}, {layout.manifest}, {layout.history}; TensorBoard logs in {layout.logs}.")
     return history
 
 
@@ -139,17 +127,15 @@ def _check_resumable(settings_path: str, run_settings: dict) -> None:
                    for key, value in run_settings["config"].items() if previous["config"].get(key) != value]
         changed += [f"{key}: {previous.get(key)!r} -> {run_settings[key]!r}"
                     for key in ("data_dir", "dataset_created") if previous.get(key) != run_settings[key]]
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"{settings_path} holds an unfinished run with other settings ({'; '.join(changed)}): "
             f"rerun with the same flags to resume it, or pass --overwrite to start over")
 
 
 def _remove_run(model_dir: str) -> None:
     """Deletes what train and evaluate write into model_dir, nothing else."""
-    names = [MODEL_FILE, SAVED_MODEL_DIR, MANIFEST_NAME, HISTORY_FILE, TRAIN_CONFIG_FILE, EPOCH_LOG, BACKUP_DIR,
-             LOG_DIR, "metrics-*.json", "confusion-*.png", "training_curves.png"]
-    for name in names:
-        for match in tf.io.gfile.glob(tf.io.gfile.join(model_dir, name)):
+    for pattern in ModelDir(model_dir).run_files():
+        for match in tf.io.gfile.glob(pattern):
             if tf.io.gfile.isdir(match):
                 tf.io.gfile.rmtree(match)
             else:
@@ -193,12 +179,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", required=True, help="a beam_jobs.preprocess output folder holding dataset.json")
     parser.add_argument("--model_dir", required=True, help="where the model, logs and checkpoints go")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
-    config_lib.add_flags(parser)
+    config_lib.add_flags(parser, TrainConfig)
     flags = parser.parse_args(argv)
     try:
-        config = config_lib.from_flags(flags)
-    except config_lib.ConfigError as error:
-        parser.error(str(error))
+        config = config_lib.from_flags(TrainConfig, flags)
+    except ConfigError as error:
+        parser.error(config_lib.flag_error(TrainConfig, error))
     train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite)
     return 0
 

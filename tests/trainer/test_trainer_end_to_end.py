@@ -119,6 +119,15 @@ def test_predict_cli_reports_bad_files_and_predicts_the_rest(model_dirs, raw_roo
     assert {row["path"] for row in rows if "error" in row} == {str(bad), str(tmp_path / "missing.png")}
 
 
+def test_predict_prints_its_answer_and_nothing_of_tensorflows_start_up(model_dirs, raw_roots):
+    clip = raw_roots["audio"] / "high" / "spk001_nohash_0.wav"
+    completed = run_python("-m", "trainer.predict", "--model_dir", str(model_dirs["audio"]), "--top_k", "1",
+                           str(clip))
+    [line] = completed.stdout.splitlines()
+    assert line.startswith(f"{clip}: ") and line.rsplit(" ", 2)[1] in ("low", "mid", "high"), line
+    assert completed.stderr == "", completed.stderr
+
+
 def test_a_finished_run_is_not_retrained_unless_overwritten(model_dirs, data_dirs, capsys):
     model_dir = model_dirs["image"]
     before = (model_dir / "model.keras").stat().st_mtime_ns

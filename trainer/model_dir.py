@@ -1,0 +1,83 @@
+"""The layout of a model folder (--model_dir): every file name that train, evaluate and predict use.
+
+  model.keras            the best model by validation accuracy (the checkpoint)
+  saved_model/           the same model exported for serving: stored tensor batch -> probabilities
+  dataset.json           the training dataset's manifest: vocabulary and featurization for prediction
+  history.json           per-epoch metrics and seconds; written last, it marks training finished
+  train_config.json      the settings of the run, checked when an interrupted run is resumed
+  epochs.csv             the epoch log, appended epoch by epoch, so it survives resumes
+  logs/                  TensorBoard
+  backup/                BackupAndRestore state while training (removed when finished)
+  metrics-<stem>.json    trainer.evaluate's metrics, stem = split or tag-split
+  confusion-<stem>.png   its confusion matrix
+  training_curves.png    loss and accuracy per epoch
+
+Pure Python, no TensorFlow: the app and the main job read model folders too.
+Paths are strings joined with "/", so gs:// model folders work.
+"""
+import dataclasses
+import os.path
+
+from beam_jobs.dataset_layout import MANIFEST_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDir:
+    path: str  # a local folder (str or Path) or a URL
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", os.fspath(self.path))
+
+    def _join(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    @property
+    def model(self) -> str:
+        return self._join("model.keras")
+
+    @property
+    def saved_model(self) -> str:
+        return self._join("saved_model")
+
+    @property
+    def manifest(self) -> str:
+        return self._join(MANIFEST_NAME)
+
+    @property
+    def history(self) -> str:
+        return self._join("history.json")
+
+    @property
+    def train_config(self) -> str:
+        return self._join("train_config.json")
+
+    @property
+    def epoch_log(self) -> str:
+        return self._join("epochs.csv")
+
+    @property
+    def logs(self) -> str:
+        return self._join("logs")
+
+    @property
+    def backup(self) -> str:
+        return self._join("backup")
+
+    @property
+    def training_curves(self) -> str:
+        return self._join("training_curves.png")
+
+    def metrics(self, stem: str) -> str:
+        return self._join(f"metrics-{stem}.json")
+
+    def confusion(self, stem: str) -> str:
+        return self._join(f"confusion-{stem}.png")
+
+    def run_files(self) -> list[str]:
+        """Glob patterns of everything train and evaluate write here, for --overwrite."""
+        return [self.model, self.saved_model, self.manifest, self.history, self.train_config, self.epoch_log,
+                self.backup, self.logs, self.metrics("*"), self.confusion("*"), self.training_curves]
+
+    def is_trained(self) -> bool:
+        """Whether a finished model can be loaded from here (local folders only)."""
+        return os.path.isfile(self.manifest) and os.path.isdir(self.saved_model)
