@@ -1,30 +1,29 @@
 """Where the app finds its models and raw data, and what is missing with the command that makes it.
 
 `app.serve` prints these checks before it starts Voila and the page shows the
-same ones, so the two never disagree. Imports neither TensorFlow nor Beam.
+same ones, so the two never disagree. The layouts are the pipeline's
+(`beam_jobs.dataset_layout.DataFolder`) and the trainer's
+(`trainer.model_dir.ModelDir`). Imports neither TensorFlow nor Beam.
 """
 import dataclasses
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+from beam_jobs.dataset_layout import DataFolder, manifest_path
+from beam_jobs.manifest import DatasetManifest
+from beam_jobs.modalities import MODALITIES
+from trainer.model_dir import ModelDir
 
-MODALITIES = ("audio", "image")
-# What trainer.predict.Predictor loads next to dataset.json (its SAVED_MODEL_DIR: not imported, as
-# that would load TensorFlow into app.serve).
-SAVED_MODEL_DIR = "saved_model"
 # The environment variables through which app.serve hands its paths to the notebook's kernel.
 ENV_MODELS_DIR = "SOUNDSIGHT_MODELS_DIR"
 ENV_DATA_DIR = "SOUNDSIGHT_DATA_DIR"
-# The demo corpus of each modality: its folder under <data_dir>/raw and its beam_jobs.datasets command.
-RAW_CORPORA = {"audio": ("speech", "speech-commands"), "image": ("fashion", "fashion-mnist")}
 
 
 @dataclasses.dataclass(frozen=True)
 class AppPaths:
-    models_dir: Path  # holds audio/ and image/ model folders
-    data_dir: Path  # holds raw/ and tfrecords/
+    models_dir: Path  # holds a model folder per modality: MODELS/<modality>
+    data_dir: Path  # DATA: holds raw/ and tfrecords/ (beam_jobs.dataset_layout.DataFolder)
 
     def model_dir(self, modality: str) -> Path:
         return self.models_dir / modality
@@ -49,17 +48,19 @@ class Missing:
 
 def find_missing_model(paths: AppPaths, *, modality: str) -> list[Missing]:
     """What is missing for the model of `modality`, upstream first; empty when the model can be loaded."""
-    model_dir = paths.model_dir(modality)
-    if (model_dir / MANIFEST_NAME).is_file() and (model_dir / SAVED_MODEL_DIR).is_dir():
+    model_dir = ModelDir(str(paths.model_dir(modality)))
+    if model_dir.is_trained():
         return []
-    raw_root, records = paths.data_dir / "raw" / RAW_CORPORA[modality][0], paths.data_dir / "tfrecords" / modality
+    data = DataFolder(paths.data_dir)
+    raw_root, dataset = data.demo_raw(modality), data.dataset(modality)
+    records_manifest = Path(manifest_path(str(dataset)))
     chain = [
         (f"raw {modality} files", raw_root, raw_root.is_dir(), corpus_command(modality, out=raw_root)),
-        (f"preprocessed {modality} dataset", records / MANIFEST_NAME, (records / MANIFEST_NAME).is_file(),
+        (f"preprocessed {modality} dataset", records_manifest, records_manifest.is_file(),
          ["python", "-m", "beam_jobs.preprocess", f"--{modality}_root", str(raw_root),
-          "--output_dir", str(records.parent), "--runner", "DirectRunner"]),
-        (f"trained {modality} model", model_dir / SAVED_MODEL_DIR, False,
-         ["python", "-m", "trainer.train", "--data_dir", str(records), "--model_dir", str(model_dir)]),
+          "--output_dir", str(data.records)]),
+        (f"trained {modality} model", model_dir.saved_model, False,
+         ["python", "-m", "trainer.train", "--data_dir", str(dataset), "--model_dir", model_dir.path]),
     ]
     return [Missing(what=what, path=str(path), command=shlex.join(command))
             for what, path, present, command in chain if not present]
@@ -74,4 +75,4 @@ def find_missing_test_files(manifest: DatasetManifest) -> list[Missing]:
 
 def corpus_command(modality: str, *, out: Path | str) -> list[str]:
     """The command that builds the demo corpus of `modality` in `out`."""
-    return ["python", "-m", "beam_jobs.datasets", RAW_CORPORA[modality][1], "--out", str(out)]
+    return ["python", "-m", "beam_jobs.datasets", MODALITIES[modality].demo_corpus.command, "--out", str(out)]

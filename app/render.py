@@ -1,13 +1,13 @@
 """What the app shows, as plain HTML strings and PNG bytes: no widgets, no TensorFlow.
 
 Every function is pure, so the page's content is tested without a browser and
-the widgets in `app.widgets` only place it.
+the widgets in `app.widgets` only place it. Pictures of an example come from
+`trainer.plots.preview_png`, which the report uses too.
 """
 import html
 import io
 
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from app.artifacts import Missing
@@ -64,44 +64,8 @@ def missing_html(missing: list[Missing], *, heading: str) -> str:
             f"<div>Or run <code>scripts/main.sh</code>, which makes all of them.</div></div>")
 
 
-def audio_figure_png(samples: np.ndarray, *, sample_rate: int, spectrogram: np.ndarray,
-                     clip_seconds: float) -> bytes:
-    """The waveform above the spectrogram the model sees, as PNG bytes.
-
-    Args:
-      samples: float32 [n], the decoded recording in [-1, 1].
-      spectrogram: float32 [frames, bins], the model's input (the clip cut or padded to `clip_seconds`).
-    """
-    figure = Figure(figsize=(7.5, 4.2), dpi=90)
-    # A column of its own for the colour bar, so both plots share one time axis width.
-    grid = figure.add_gridspec(2, 2, height_ratios=(1, 2), width_ratios=(40, 1))
-    top, bottom, colorbar = (figure.add_subplot(grid[row, column]) for row, column in ((0, 0), (1, 0), (1, 1)))
-    seconds = np.arange(samples.size) / sample_rate
-    top.plot(seconds, samples, linewidth=0.6, color="#37474f")
-    top.set_xlim(0, max(samples.size / sample_rate, 1e-3))
-    top.set_ylim(-1.05, 1.05)
-    top.set_title("waveform (as recorded)", fontsize=10)
-    top.set_xlabel("seconds", fontsize=8)
-    top.tick_params(labelsize=7)
-    image = bottom.imshow(spectrogram.T, origin="lower", aspect="auto", cmap="magma",
-                          extent=(0, clip_seconds, 0, spectrogram.shape[1]))
-    bottom.set_title("log-mel spectrogram: the model's input", fontsize=10)
-    bottom.set_xlabel("seconds", fontsize=8)
-    bottom.set_ylabel("bin", fontsize=8)
-    bottom.tick_params(labelsize=7)
-    figure.colorbar(image, cax=colorbar).ax.tick_params(labelsize=7)
-    figure.tight_layout()
-    return _png_bytes(figure)
-
-
 def pixels_png(pixels: np.ndarray) -> bytes:
     """uint8 [h, w, 1 or 3] as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _png_bytes(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
     return buffer.getvalue()

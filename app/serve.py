@@ -17,8 +17,10 @@ from pathlib import Path
 from traitlets.config import Config
 from voila.app import Voila
 
-from app.artifacts import MODALITIES, AppPaths, find_missing_model, find_missing_test_files
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
+from beam_jobs.manifest import DatasetManifest
+from beam_jobs.modalities import MODALITIES
+from trainer.model_dir import ModelDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = Path(__file__).resolve().parent / "soundsight.ipynb"
@@ -33,7 +35,7 @@ def report_missing(paths: AppPaths) -> list[str]:
     for modality in MODALITIES:
         missing = find_missing_model(paths, modality=modality)
         if not missing:
-            manifest_text = (paths.model_dir(modality) / MANIFEST_NAME).read_text()
+            manifest_text = Path(ModelDir(str(paths.model_dir(modality))).manifest).read_text()
             missing = find_missing_test_files(DatasetManifest.from_json(manifest_text))
         for item in missing:
             lines += [f"[{modality}] missing {item.what}: {item.path}", f"    make it with: {item.command}"]
@@ -68,7 +70,7 @@ def voila_config(*, port: int) -> Config:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--models_dir", type=Path, default=Path("models"), help="holds audio/ and image/")
+    parser.add_argument("--models_dir", type=Path, default=Path("models"), help="holds a model folder per modality")
     parser.add_argument("--data_dir", type=Path, default=Path("data"), help="holds raw/ and tfrecords/")
     parser.add_argument("--port", type=int, default=8866)
     return parser.parse_args(argv)

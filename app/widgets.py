@@ -1,27 +1,28 @@
 """The soundsight page: per modality, pick a held-out test file or upload one, see it, predict it.
 
-Plain Python around ipywidgets, so the notebook only calls `build_app`. Every
-prediction and every featurization goes through `trainer.predict.Predictor`,
-the same code and exported model as `python -m trainer.predict`. Widgets a
+Plain Python around ipywidgets, so the notebook only calls `build_app`. One
+tab per modality of `beam_jobs.modalities`, its texts and pictures from the
+modality's spec. Every prediction and every featurization goes through
+`trainer.predict.Predictor`, the same code and exported model as
+`python -m trainer.predict`, and the preview shows what the model gets. Widgets a
 browser test needs carry stable CSS classes `soundsight-<role>-<modality>`.
 """
 import dataclasses
 import io
-from typing import Callable
 
 import ipywidgets as widgets
 import PIL.Image
 
 from app import render
-from app.artifacts import MODALITIES, AppPaths, find_missing_model, find_missing_test_files
-from app.samples import Sample, list_test_samples
-from beam_jobs import audio
+from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
 from beam_jobs.errors import InvalidInputError
+from beam_jobs.modalities import MODALITIES
+from beam_jobs.modalities import get as get_modality
+from beam_jobs.modality import Modality
+from beam_jobs.raw_files import Sample, list_test_samples
+from trainer import plots
 from trainer.predict import Predictor
 
-TAB_TITLES = {"audio": "Spoken words", "image": "Images"}
-CLASS_NOUNS = {"audio": ("word", "words"), "image": ("class", "classes")}  # singular, plural
-UPLOADS = {"audio": ("Upload a .wav", ".wav,audio/wav"), "image": ("Upload an image", "image/*")}  # text, accept
 TOP_K = 5
 IMAGE_DISPLAY_PIXELS = 168  # images are shown this wide: a 28x28 one enlarged 6 times
 _PAGE_STYLE = """<style>
@@ -37,57 +38,62 @@ class LoadedFile:
     true_label: str | None  # the class folder of a test file; None for an upload
 
 
-def audio_preview(predictor: Predictor, data: bytes) -> list[widgets.Widget]:
-    """A player, the waveform and the spectrogram the model sees. Raises InvalidInputError."""
-    spectrogram = predictor.featurize(data)
-    config = predictor.manifest.featurizer_config()
-    samples, sample_rate = audio.decode_wav(data, config=config)
-    figure = render.audio_figure_png(samples, sample_rate=sample_rate, spectrogram=spectrogram,
-                                     clip_seconds=config.clip_seconds)
-    player = widgets.Audio(value=data, format="wav", autoplay=False, loop=False)
-    player.add_class("soundsight-player-audio")
-    picture = widgets.Image(value=figure, format="png")
-    picture.add_class("soundsight-figure-audio")
-    return [player, picture]
+def _original(spec: Modality, data: bytes) -> list[widgets.Widget]:
+    """The file as the browser shows it: an audio player or the image itself; nothing for other media."""
+    if spec.media == "audio":
+        player = widgets.Audio(value=data, format="wav", autoplay=False, loop=False)
+        player.add_class(f"soundsight-player-{spec.name}")
+        return [player]
+    if spec.media == "image":
+        original = widgets.Image(value=data, layout=widgets.Layout(width=f"{IMAGE_DISPLAY_PIXELS}px"))
+        original.add_class(f"soundsight-original-{spec.name}")
+        if PIL.Image.open(io.BytesIO(data)).width < IMAGE_DISPLAY_PIXELS:
+            original.add_class("soundsight-pixelated")  # enlarged: show its pixels, not a blur
+        return [original]
+    return []
 
 
-def image_preview(predictor: Predictor, data: bytes) -> list[widgets.Widget]:
-    """The image as uploaded beside the pixels the model sees. Raises InvalidInputError."""
-    pixels = predictor.featurize(data)
-    # The browser draws the original itself: featurize has just proved it is a valid image.
-    original = widgets.Image(value=data, layout=widgets.Layout(width=f"{IMAGE_DISPLAY_PIXELS}px"))
-    model_input = widgets.Image(value=render.pixels_png(pixels), format="png",
-                                layout=widgets.Layout(width=f"{IMAGE_DISPLAY_PIXELS}px"))
-    original.add_class("soundsight-original-image")
-    model_input.add_class("soundsight-model-input-image")
-    model_input.add_class("soundsight-pixelated")
-    if PIL.Image.open(io.BytesIO(data)).width < IMAGE_DISPLAY_PIXELS:
-        original.add_class("soundsight-pixelated")  # enlarged: show its pixels, not a blur
-    height, width, channels = pixels.shape
+def preview(predictor: Predictor, data: bytes) -> list[widgets.Widget]:
+    """The file beside what the model gets of it (the modality's preview panels). Raises InvalidInputError."""
+    spec = get_modality(predictor.modality)
+    panels = predictor.preview(data)
+    original = _original(spec, data)  # after preview: the file has just proved to be valid
+    charts = [panel for panel in panels if panel.kind != "pixels"]
+    shown = []
+    if charts:
+        figure = widgets.Image(value=plots.preview_png(charts), format="png")
+        figure.add_class(f"soundsight-figure-{spec.name}")
+        shown.append(figure)
+    for panel in panels:
+        if panel.kind == "pixels":
+            # Drawn pixel for pixel and enlarged in the browser: exactly the model's input.
+            pixels = widgets.Image(value=render.pixels_png(panel.values), format="png",
+                                   layout=widgets.Layout(width=f"{IMAGE_DISPLAY_PIXELS}px"))
+            pixels.add_class(f"soundsight-model-input-{spec.name}")
+            pixels.add_class("soundsight-pixelated")
+            shown.append(widgets.VBox([widgets.HTML(f"<b>{panel.title}</b>"), pixels]))
+    if len(charts) == len(panels):
+        return original + shown
     return [widgets.HBox([
-        widgets.VBox([widgets.HTML("<b>the file</b>"), original], layout=widgets.Layout(margin="0 24px 0 0")),
-        widgets.VBox([widgets.HTML(f"<b>what the model sees</b> ({height}x{width}x{channels})"), model_input]),
-    ])]
-
-
-PREVIEWS: dict[str, Callable[[Predictor, bytes], list[widgets.Widget]]] = {
-    "audio": audio_preview, "image": image_preview}
+        widgets.VBox([widgets.HTML("<b>the file</b>"), *original], layout=widgets.Layout(margin="0 24px 0 0")),
+        *shown])]
 
 
 class ClassifierPanel:
     """One tab: choose a test file (filtered by class) or upload one, preview it, and predict it."""
 
     def __init__(self, *, predictor: Predictor, samples: list[Sample]):
-        modality = self._modality = predictor.modality
+        spec = get_modality(predictor.modality)
+        modality = spec.name
         self._predictor, self._samples, self._loaded = predictor, samples, None
-        noun, nouns = CLASS_NOUNS[modality]
+        noun, nouns = spec.nouns
         labels_with_samples = [label for label in predictor.labels if any(s.label == label for s in samples)]
         # "" stands for every class: a value of None would show as no choice at all.
         self.label_filter = widgets.Dropdown(description=f"{noun}:", disabled=not samples, options=[
             (f"every {noun}", "")] + [(label, label) for label in labels_with_samples])
         self.sample_picker = widgets.Dropdown(description="test file:", disabled=not samples,
                                               layout=widgets.Layout(width="420px"))
-        upload_text, accept = UPLOADS[modality]
+        upload_text, accept = spec.upload
         self.upload = widgets.FileUpload(accept=accept, multiple=False, description=upload_text,
                                          tooltip="a file of your own; its true label is unknown",
                                          layout=widgets.Layout(width="auto"))
@@ -151,7 +157,7 @@ class ClassifierPanel:
         """Shows `loaded` and makes it the file to predict, or shows why it cannot be used."""
         self.result.value = ""
         try:
-            self.preview.children = PREVIEWS[self._modality](self._predictor, loaded.data)
+            self.preview.children = preview(self._predictor, loaded.data)
         except InvalidInputError as error:
             self._show_error(f"{loaded.name}: {error}")
             return
@@ -207,6 +213,6 @@ def build_app(paths: AppPaths) -> widgets.Widget:
     title = widgets.HTML(f"{_PAGE_STYLE}<h2 style='margin:4px 0'>soundsight</h2>"
                          "<div>Hear a spoken word or see an image, and what the model makes of it.</div>")
     tabs = widgets.Tab(children=[build_tab(paths, modality=modality) for modality in MODALITIES],
-                       titles=[TAB_TITLES[modality] for modality in MODALITIES])
+                       titles=[spec.title for spec in MODALITIES.values()])
     tabs.add_class("soundsight-tabs")
     return widgets.VBox([title, tabs])

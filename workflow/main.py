@@ -3,10 +3,10 @@
     python -m workflow.main [--quick]
 
 Each stage is the command a user could run by hand (it is printed before it
-runs) in its own process: Beam workers never import TensorFlow, and the
-`tfrecord` and TensorFlow protobufs never meet. A stage whose outputs are newer
-than its inputs and that ran with the same command is skipped, so a second run
-only redoes what changed.
+runs), in its own process, so that what the job does is exactly what the README
+tells a user to do. A stage whose outputs are newer than its inputs and that
+ran with the same command is skipped, so a second run only redoes what changed.
+Folders follow `beam_jobs.dataset_layout.DataFolder` and `trainer.model_dir`.
 """
 import argparse
 import dataclasses
@@ -17,7 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder, manifest_path
 from beam_jobs.datasets import SPEECH_COMMANDS_WORDS
+from beam_jobs.modalities import MODALITIES
+from trainer.model_dir import ModelDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,21 @@ class JobConfig:
     @property
     def data_dir(self) -> Path:
         return self.work_dir / "data"
+
+    @property
+    def data(self) -> DataFolder:
+        return DataFolder(self.data_dir)
+
+    @property
+    def festival_records(self) -> Path:
+        """The festival voices' preprocessing output, beside the main one."""
+        return self.data_dir / "tfrecords-festival"
+
+    def epochs(self, modality: str) -> int:
+        return getattr(self, f"{modality}_epochs")
+
+    def model_dir(self, modality: str) -> ModelDir:
+        return ModelDir(str(self.models_dir / modality))
 
     @property
     def models_dir(self) -> Path:
@@ -66,60 +84,60 @@ class Stage:
 
 def build_stages(job: JobConfig) -> list[Stage]:
     python = sys.executable
-    raw, records, models = job.data_dir / "raw", job.data_dir / "tfrecords", job.models_dir
-    festival_records = job.data_dir / "tfrecords-festival"
-    # FnApiRunner is what DirectRunner falls back to here; naming it skips a Prism download attempt.
-    beam_options = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+    data, models = job.data, job.models_dir
+    speech, fashion, festival = data.demo_raw("audio"), data.demo_raw("image"), data.raw("festival")
+    festival_manifest = Path(manifest_path(str(job.festival_records / "audio")))
+    manifests = {modality: Path(manifest_path(str(data.dataset(modality)))) for modality in MODALITIES}
     fashion_limit = [] if job.fashion_per_class is None else ["--limit_per_class", str(job.fashion_per_class)]
     words = [] if job.words is None else ["--words", job.words]
     stages = [
         Stage("speech-corpus", "Synthesizing the speech-commands corpus with espeak-ng",
-              [python, "-m", "beam_jobs.datasets", "speech-commands", "--out", str(raw / "speech"),
+              [python, "-m", "beam_jobs.datasets", "speech-commands", "--out", str(speech),
                "--per_word", str(job.speakers_per_word), *words],
-              [], [raw / "speech" / "corpus.json"], raw / ".speech-corpus.stamp"),
+              [], [speech / "corpus.json"], data.raw(".speech-corpus.stamp")),
         Stage("festival-corpus", "Synthesizing the unseen-voices test set with festival",
-              [python, "-m", "beam_jobs.datasets", "festival-commands", "--out", str(raw / "festival"),
+              [python, "-m", "beam_jobs.datasets", "festival-commands", "--out", str(festival),
                "--per_voice", str(job.festival_per_voice), *words],
-              [], [raw / "festival" / "corpus.json"], raw / ".festival-corpus.stamp"),
+              [], [festival / "corpus.json"], data.raw(".festival-corpus.stamp")),
         Stage("fashion-corpus", "Exporting Fashion-MNIST to per-class PNG folders",
-              [python, "-m", "beam_jobs.datasets", "fashion-mnist", "--out", str(raw / "fashion"), *fashion_limit],
-              [], [raw / "fashion" / "corpus.json"], raw / ".fashion-corpus.stamp"),
+              [python, "-m", "beam_jobs.datasets", "fashion-mnist", "--out", str(fashion), *fashion_limit],
+              [], [fashion / "corpus.json"], data.raw(".fashion-corpus.stamp")),
         Stage("preprocess", "Beam pipeline: wavs and images to sharded TFRecords",
-              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(raw / "speech"),
-               "--image_root", str(raw / "fashion"), "--output_dir", str(records), *beam_options],
-              [raw / "speech" / "corpus.json", raw / "fashion" / "corpus.json"],
-              [records / "audio" / "dataset.json", records / "image" / "dataset.json"],
-              records / ".preprocess.stamp"),
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(speech), "--image_root", str(fashion),
+               "--output_dir", str(data.records)],
+              [speech / "corpus.json", fashion / "corpus.json"], list(manifests.values()),
+              data.records / ".preprocess.stamp"),
         Stage("preprocess-festival", "Beam pipeline: the festival voices to TFRecords, with the speech vocabulary",
-              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(raw / "festival"),
-               "--output_dir", str(festival_records), "--audio_labels", ",".join(sorted(job.word_list)),
-               *beam_options],
-              [raw / "festival" / "corpus.json", records / "audio" / "dataset.json"],
-              [festival_records / "audio" / "dataset.json"], festival_records / ".preprocess.stamp"),
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(festival),
+               "--output_dir", str(job.festival_records), "--audio_labels", ",".join(sorted(job.word_list))],
+              [festival / "corpus.json", manifests["audio"]], [festival_manifest],
+              job.festival_records / ".preprocess.stamp"),
     ]
-    for modality, epochs in (("audio", job.audio_epochs), ("image", job.image_epochs)):
-        model_dir = models / modality
+    for modality in MODALITIES:
+        model_dir = job.model_dir(modality)
         stages += [
             Stage(f"train-{modality}", f"Training the seed CNN on the {modality} shards",
-                  [python, "-m", "trainer.train", "--data_dir", str(records / modality),
-                   "--model_dir", str(model_dir), "--epochs", str(epochs)],
-                  [records / modality / "dataset.json"], [model_dir / "model.keras"], model_dir / ".train.stamp"),
+                  [python, "-m", "trainer.train", "--data_dir", str(data.dataset(modality)),
+                   "--model_dir", model_dir.path, "--epochs", str(job.epochs(modality))],
+                  [manifests[modality]], [Path(model_dir.model)], models / modality / ".train.stamp"),
             Stage(f"evaluate-{modality}", f"Evaluating the {modality} model on its test split",
-                  [python, "-m", "trainer.evaluate", "--model_dir", str(model_dir),
-                   "--data_dir", str(records / modality), "--split", "test"],
-                  [model_dir / "model.keras"], [model_dir / "metrics-test.json"], model_dir / ".evaluate.stamp"),
+                  [python, "-m", "trainer.evaluate", "--model_dir", model_dir.path,
+                   "--data_dir", str(data.dataset(modality)), "--split", "test"],
+                  [Path(model_dir.model)], [Path(model_dir.metrics("test"))], models / modality / ".evaluate.stamp"),
         ]
+    audio_model = job.model_dir("audio")
     stages += [
         Stage("evaluate-festival", "Evaluating the speech model on voices it never heard (festival)",
-              [python, "-m", "trainer.evaluate", "--model_dir", str(models / "audio"),
-               "--data_dir", str(festival_records / "audio"), "--split", "test", "--tag", "festival"],
-              [models / "audio" / "model.keras", festival_records / "audio" / "dataset.json"],
-              [models / "audio" / "metrics-festival-test.json"], models / "audio" / ".evaluate-festival.stamp"),
+              [python, "-m", "trainer.evaluate", "--model_dir", audio_model.path,
+               "--data_dir", str(job.festival_records / "audio"), "--split", "test", "--tag", "festival"],
+              [Path(audio_model.model), festival_manifest],
+              [Path(audio_model.metrics("festival-test"))], models / "audio" / ".evaluate-festival.stamp"),
         Stage("report", "Writing the HTML report",
               [python, "-m", "workflow.report", "--data_dir", str(job.data_dir), "--models_dir", str(models),
-               "--out", str(job.report_dir), "--predict_samples", str(job.predict_samples)],
-              [models / "audio" / "metrics-test.json", models / "image" / "metrics-test.json",
-               models / "audio" / "metrics-festival-test.json"],
+               "--out", str(job.report_dir),
+               "--predict_samples", str(job.predict_samples)],
+              [Path(job.model_dir(modality).metrics("test")) for modality in MODALITIES]
+              + [Path(audio_model.metrics("festival-test"))],
               [job.report_dir / "index.html"], job.report_dir / ".report.stamp"),
     ]
     return stages
@@ -154,21 +172,21 @@ def run_stage(stage: Stage, *, number: int, total: int) -> float:
 
 
 def print_summary(job: JobConfig, *, seconds: float) -> None:
-    records = job.data_dir / "tfrecords"
+    data = job.data
     print("\n=== soundsight: summary")
-    for modality in ("audio", "image"):
-        manifest = json.loads((records / modality / "dataset.json").read_text())
+    for modality in MODALITIES:
+        manifest = json.loads(Path(manifest_path(str(data.dataset(modality)))).read_text())
         counts = ", ".join(f"{name} {split['num_examples']}" for name, split in sorted(manifest["splits"].items()))
         print(f"{modality}: {len(manifest['labels'])} classes; examples: {counts}")
-    errors_path = records / "errors.jsonl"
+    errors_path = data.records / ERRORS_NAME
     error_rows = [line for line in errors_path.read_text().splitlines() if line.strip()]
     print(f"pipeline errors: {len(error_rows)} (listed in {errors_path})")
-    for name, modality, metrics in (("speech commands, test split", "audio", "metrics-test.json"),
-                                    ("speech commands, unseen festival voices", "audio", "metrics-festival-test.json"),
-                                    ("Fashion-MNIST, official test split", "image", "metrics-test.json")):
-        accuracy = json.loads((job.models_dir / modality / metrics).read_text())["accuracy"]
+    for name, modality, stem in (("speech commands, test split", "audio", "test"),
+                                 ("speech commands, unseen festival voices", "audio", "festival-test"),
+                                 ("Fashion-MNIST, official test split", "image", "test")):
+        accuracy = json.loads(Path(job.model_dir(modality).metrics(stem)).read_text())["accuracy"]
         print(f"accuracy, {name}: {accuracy:.4f}")
-    print(f"models: {job.models_dir}/audio, {job.models_dir}/image")
+    print(f"models: {', '.join(job.model_dir(modality).path for modality in MODALITIES)}")
     print(f"report: {(job.report_dir / 'index.html').resolve()}")
     print(f"total time: {seconds / 60:.1f} min")
 

@@ -2,16 +2,15 @@
 
     python -m workflow.report --data_dir data --models_dir models --out report
 
-Reads only manifests, raw files, error rows and what `trainer.evaluate` wrote;
-predictions come from `trainer.predict` in a subprocess, so this process never
-imports TensorFlow.
+Reads manifests, raw files, error rows and what `trainer.evaluate` wrote, and
+predicts held-out files with `trainer.predict.Predictor`, as the app does.
+Pictures of examples are the modality's preview (`trainer.plots.preview_png`):
+what the model gets.
 """
 import argparse
 import html
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,60 +19,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from beam_jobs import audio  # noqa: E402
-from beam_jobs.config import AudioConfig  # noqa: E402
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest  # noqa: E402
-from app.samples import list_test_samples  # noqa: E402
+from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder, manifest_path  # noqa: E402
+from beam_jobs.manifest import DatasetManifest  # noqa: E402
+from beam_jobs.modalities import MODALITIES  # noqa: E402
+from beam_jobs.raw_files import held_out_by_label  # noqa: E402
+from trainer import plots  # noqa: E402
+from trainer.model_dir import ModelDir  # noqa: E402
+from trainer.predict import Predictor  # noqa: E402
 
 _SPLIT_COLORS = {"train": "#4c72b0", "validation": "#dd8452", "test": "#55a868"}
+GRID_PER_CLASS = 8  # held-out images per class in a grid of pixel previews
 
 
-def held_out_by_label(manifest: DatasetManifest) -> dict[str, list[Path]]:
-    """{label: the raw files of its test split}, found as the app finds them."""
-    by_label = {label: [] for label in manifest.labels}
-    for sample in list_test_samples(manifest):
-        by_label[sample.label].append(sample.path)
-    return by_label
-
-
-def plot_word_examples(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> list[str]:
-    """One PNG per word: the clip the model gets, as waveform above log-mel spectrogram. Returns the file names."""
-    config = manifest.featurizer_config()
+def plot_label_examples(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> list[str]:
+    """One PNG per label: its first held-out file as the model gets it. Returns the file names."""
+    noun = manifest.spec.nouns[0]
     names = []
     for label in manifest.labels:
         if not files.get(label):
             continue
-        path = files[label][0]
-        data = path.read_bytes()
-        samples, rate = audio.decode_wav(data, config=config)
-        # The clip the model gets (resampled, cut or padded around the word), so that it lines up with the
-        # spectrogram; the file itself may hold the word anywhere.
-        clip = audio.fit_to_clip(audio.resample(samples, from_rate=rate, to_rate=config.sample_rate), config=config)
-        spectrogram = manifest.featurize(data)
-        figure, (top, bottom) = plt.subplots(2, 1, figsize=(3.2, 3.4), height_ratios=(1, 2))
-        top.plot(np.arange(clip.size) / config.sample_rate, clip, linewidth=0.5, color="#333")
-        top.set_title(f'"{label}"', fontsize=11)
-        top.set_xlim(0, config.clip_seconds)
-        top.set_yticks([])
-        top.tick_params(labelsize=7)
-        bottom.imshow(spectrogram.T, origin="lower", aspect="auto", cmap="magma",
-                      extent=(0, config.clip_seconds, 0, spectrogram.shape[1]))
-        bottom.set_xlabel("seconds", fontsize=8)
-        bottom.set_ylabel("mel bin" if config.num_mel_bins else "frequency bin", fontsize=8)
-        bottom.tick_params(labelsize=7)
-        figure.tight_layout()
-        name = f"word-{label}.png"
-        figure.savefig(out / name, dpi=90)
-        plt.close(figure)
+        name = f"{noun}-{label}.png"
+        panels = manifest.preview(files[label][0].read_bytes())
+        (out / name).write_bytes(plots.preview_png(panels, title=f'"{label}"', width=3.4, colorbar=False))
         names.append(name)
     return names
 
 
-def plot_image_examples(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path,
-                        per_class: int = 8) -> str:
-    """A grid of held-out images, one row per class, as the model sees them."""
-    figure, axes = plt.subplots(len(manifest.labels), per_class,
-                                figsize=(per_class * 0.9, len(manifest.labels) * 0.95), squeeze=False)
+def plot_pixel_grid(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> str:
+    """A grid of held-out files' pixels, one row per class, as the model sees them."""
+    figure, axes = plt.subplots(len(manifest.labels), GRID_PER_CLASS,
+                                      figsize=(GRID_PER_CLASS * 0.9, len(manifest.labels) * 0.95), squeeze=False)
     for row, label in enumerate(manifest.labels):
         for column, axis in enumerate(axes[row]):
             axis.set_xticks([])
@@ -83,9 +58,24 @@ def plot_image_examples(manifest: DatasetManifest, files: dict[str, list[Path]],
                 axis.imshow(pixels.squeeze(), cmap="gray" if pixels.shape[-1] == 1 else None)
         axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "image-examples.png", dpi=90)
+    name = f"{manifest.modality}-examples.png"
+    figure.savefig(out / name, dpi=90)
     plt.close(figure)
-    return "image-examples.png"
+    return name
+
+
+def examples_section(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> str:
+    """Held-out examples as the model gets them: a grid when the model sees pixels, else a picture per label."""
+    spec = manifest.spec
+    example = next((paths[0] for paths in files.values() if paths), None)
+    if example is not None and all(panel.kind == "pixels" for panel in manifest.preview(example.read_bytes())):
+        pictures = [plot_pixel_grid(manifest, files, out=out)]
+        text = f"Held-out files per {spec.nouns[0]}, as the model sees them."
+    else:
+        pictures = plot_label_examples(manifest, files, out=out)
+        text = f"A held-out file per {spec.nouns[0]} as the model gets it."
+    return (f"<h2>{html.escape(spec.title)}: held-out examples</h2><p>{text}</p><div class=pictures>"
+            + "".join(f'<img src="{name}" alt="{name}">' for name in pictures) + "</div>")
 
 
 def plot_class_balance(manifest: DatasetManifest, *, out: Path) -> str:
@@ -109,14 +99,9 @@ def plot_class_balance(manifest: DatasetManifest, *, out: Path) -> str:
 
 
 def predict(model_dir: Path, paths: list[Path]) -> list[dict]:
-    """Top-5 predictions for raw files from `trainer.predict --json`, run in its own process."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", "--model_dir", str(model_dir), "--json", *map(str, paths)],
-        capture_output=True, text=True, check=False)
-    rows = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
-    if len(rows) != len(paths):
-        raise RuntimeError(f"trainer.predict answered {len(rows)} of {len(paths)} files:\n{completed.stderr}")
-    return rows
+    """{"path", "top"} of the top-5 predictions for each raw file, as `trainer.predict --json` prints them."""
+    predictor = Predictor.from_model_dir(str(model_dir))
+    return [{"path": str(path), "top": predictor.predict_bytes(path.read_bytes())} for path in paths]
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -149,19 +134,11 @@ def _predictions_section(rows: list[dict], truths: list[str]) -> str:
 
 def write_report(*, data_dir: Path, models_dir: Path, out: Path, predict_samples: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    records = data_dir / "tfrecords"
-    manifests = {modality: DatasetManifest.from_json((records / modality / MANIFEST_NAME).read_text())
-                 for modality in ("audio", "image")}
+    data = DataFolder(data_dir)
+    manifests = {modality: DatasetManifest.from_json(Path(manifest_path(str(data.dataset(modality)))).read_text())
+                 for modality in MODALITIES}
     held_out = {modality: held_out_by_label(manifest) for modality, manifest in manifests.items()}
-    sections = []
-
-    words = plot_word_examples(manifests["audio"], held_out["audio"], out=out)
-    sections.append("<h2>Speech commands: each word as waveform and spectrogram</h2>"
-                    "<p>A held-out clip per word as the model gets it: resampled, and cut or padded to one clip "
-                    "length around the word.</p><div class=words>"
-                    + "".join(f'<img src="{name}" alt="{name}">' for name in words) + "</div>")
-    sections.append("<h2>Fashion-MNIST: held-out images per class</h2>"
-                    f'<img src="{plot_image_examples(manifests["image"], held_out["image"], out=out)}" alt="images">')
+    sections = [examples_section(manifest, held_out[modality], out=out) for modality, manifest in manifests.items()]
     sections.append("<h2>Class balance per split</h2><div class=pictures>"
                     + "".join(f'<img src="{plot_class_balance(m, out=out)}" alt="balance">' for m in manifests.values())
                     + "</div>")
@@ -170,23 +147,24 @@ def write_report(*, data_dir: Path, models_dir: Path, out: Path, predict_samples
     evaluations = [("audio", "test", "Speech commands, test split (speakers unseen in training)"),
                    ("audio", "festival-test", "Speech commands, festival voices (a synthesizer never trained on)"),
                    ("image", "test", "Fashion-MNIST, official test split")]
-    for modality, name, title in evaluations:
-        model_dir = models_dir / modality
+    for modality, stem, title in evaluations:
+        model_dir = ModelDir(str(models_dir / modality))
         pictures = []
-        for picture in (f"confusion-{name}.png", "training_curves.png" if name == "test" else None):
-            if picture and (model_dir / picture).exists():
-                shutil.copyfile(model_dir / picture, out / f"{modality}-{picture}")
-                pictures.append(f"{modality}-{picture}")
-        metrics = json.loads((model_dir / f"metrics-{name}.json").read_text())
+        for picture in (model_dir.confusion(stem), model_dir.training_curves if stem == "test" else None):
+            if picture and Path(picture).exists():
+                name = f"{modality}-{Path(picture).name}"
+                shutil.copyfile(picture, out / name)
+                pictures.append(name)
+        metrics = json.loads(Path(model_dir.metrics(stem)).read_text())
         sections.append(_metrics_section(title, metrics, pictures))
 
     sections.append("<h2>Predictions on held-out files</h2>")
-    for modality, manifest in manifests.items():
+    for modality in manifests:
         picks = [(label, paths[0]) for label, paths in held_out[modality].items() if paths][:predict_samples]
         rows = predict(models_dir / modality, [path for _, path in picks])
         sections.append(f"<h3>{modality}</h3>" + _predictions_section(rows, [label for label, _ in picks]))
 
-    error_rows = [json.loads(line) for line in (records / "errors.jsonl").read_text().splitlines() if line.strip()]
+    error_rows = [json.loads(line) for line in (data.records / ERRORS_NAME).read_text().splitlines() if line.strip()]
     sections.append(f"<h2>Pipeline errors ({len(error_rows)})</h2>"
                     + (_table(["modality", "file", "reason"],
                               [[row.get("modality", ""), row["path"], row["reason"]] for row in error_rows])

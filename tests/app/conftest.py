@@ -2,8 +2,7 @@
 a running app server and a headless Chromium.
 
 The pipeline, the trainer and `trainer.predict` run in subprocesses, as users
-run them: the pipeline's `tfrecord` package cannot share a process with
-TensorFlow, which test_panel.py imports through app.widgets.
+run them.
 """
 import os
 from pathlib import Path
@@ -30,7 +29,7 @@ def data_dir(tmp_path_factory) -> Path:
     testing = [f"{shape}/{index:03d}.png" for shape in SHAPES for index in range(TEST_PER_SHAPE)]
     (fashion / "testing_list.txt").write_text("".join(f"{path}\n" for path in testing))
     run_python("-m", "beam_jobs.preprocess", "--audio_root", str(speech), "--image_root", str(fashion),
-               "--output_dir", str(data / "tfrecords"), "--runner", "DirectRunner",
+               "--output_dir", str(data / "tfrecords"),
                "--max_audio_bytes", str(MAX_AUDIO_BYTES))
     return data
 

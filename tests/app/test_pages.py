@@ -6,8 +6,11 @@ import numpy as np
 
 from app import render
 from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
+from beam_jobs.audio import AUDIO, AudioConfig
 from beam_jobs.config import SplitConfig
 from beam_jobs.manifest import DatasetManifest
+from tests.trainer.toy_data import tone_wav
+from trainer import plots
 
 PREDICTIONS = [{"label": "yes", "probability": 0.75}, {"label": "<no>", "probability": 0.25}]
 
@@ -28,8 +31,9 @@ def test_error_line_escapes_the_reason():
 
 
 def test_audio_figure_is_a_png():
-    png = render.audio_figure_png(np.zeros(8000, np.float32), sample_rate=16000,
-                                  spectrogram=np.zeros((98, 64), np.float32), clip_seconds=1.0)
+    panels = AUDIO.preview(tone_wav(frequency=440.0, seed=0), config=AudioConfig())
+    assert [panel.kind for panel in panels] == ["waveform", "heatmap"]
+    png = plots.preview_png(panels)
     assert png.startswith(b"\x89PNG")
     assert render.pixels_png(np.zeros((28, 28, 1), np.uint8)).startswith(b"\x89PNG")
 

@@ -5,10 +5,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from app.samples import Sample
 from app.widgets import ClassifierPanel
-from beam_jobs.config import ImageConfig
-from beam_jobs.image import featurize_image
+from beam_jobs.image import IMAGE, ImageConfig, featurize_image
+from beam_jobs.raw_files import Sample
 
 
 class FakeImagePredictor:
@@ -18,6 +17,9 @@ class FakeImagePredictor:
 
     def featurize(self, data: bytes) -> np.ndarray:
         return featurize_image(data, config=ImageConfig())
+
+    def preview(self, data: bytes) -> list:
+        return IMAGE.preview(data, config=ImageConfig())
 
     def predict_bytes(self, data: bytes, *, top_k: int = 5) -> list[dict]:
         bright = float(self.featurize(data).mean() / 255)

@@ -1,12 +1,13 @@
-"""app.samples finds the raw files of the held-out test split exactly as the pipeline assigns them."""
+"""beam_jobs.raw_files finds the raw files of the held-out test split exactly as the pipeline assigns them."""
 import collections
 import dataclasses
 
 import pytest
 
-from app.samples import list_split_samples, list_test_samples, read_listed_splits
+from beam_jobs.raw_files import list_split_samples, list_test_samples, read_listed_splits
 from beam_jobs.config import SplitConfig
-from beam_jobs.manifest import MANIFEST_NAME, DatasetManifest
+from beam_jobs.dataset_layout import MANIFEST_NAME
+from beam_jobs.manifest import DatasetManifest
 from beam_jobs.splits import assign_split
 
 WAV_EXTENSIONS = (".wav",)
