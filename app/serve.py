@@ -15,6 +15,9 @@ reloads from exhausting memory:
 - at most `--max_kernels` kernels run at once: past that, a page load gets an
   HTTP 503 page saying the app is busy (`app.kernel_manager`), and no kernel
   is shut down to make room, so an open page never loses its kernel.
+Leaving or reloading a page whose scripts have loaded shuts its kernel down at
+once (Voila's `beforeunload` beacon, which needs `set_xsrf_cookie`); the
+culler catches the rest: pages left mid-render, browsers killed.
 """
 import argparse
 import json
@@ -68,6 +71,17 @@ def write_kernel_spec(jupyter_dir: Path) -> None:
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
 
 
+def set_xsrf_cookie(handler, notebook, cwd) -> None:
+    """Voila's prelaunch hook: sets the page's `_xsrf` cookie; returns None, so the notebook is unchanged.
+
+    On `beforeunload` the page posts its kernel's shutdown with the `_xsrf` it reads from
+    document.cookie, and Voila never sets that cookie, so the post is refused (403) and the kernel
+    is left running (https://github.com/voila-dashboards/voila/issues/1458). Tornado sets the
+    cookie when a handler's `xsrf_token` is first read.
+    """
+    handler.xsrf_token
+
+
 def voila_config(*, port: int, cull_idle_seconds: int, cull_interval_seconds: int, max_kernels: int) -> Config:
     """Voila's configuration: where it listens, and how many kernels it keeps and for how long."""
     config = Config()
@@ -78,6 +92,7 @@ def voila_config(*, port: int, cull_idle_seconds: int, cull_interval_seconds: in
     config.Voila.port_retries = 0
     config.Voila.tornado_settings = {"websocket_max_message_size": MAX_WEBSOCKET_MESSAGE_BYTES}
     config.VoilaConfiguration.show_tracebacks = True
+    config.VoilaConfiguration.prelaunch_hook = set_xsrf_cookie
     # Voila wraps this class (voila_kernel_manager_factory) and builds it with the Voila app as its
     # parent, so the sections of its base classes below apply to it.
     config.VoilaConfiguration.multi_kernel_manager_class = CappedKernelManager

@@ -1,7 +1,7 @@
 """The app server's kernels, seen from outside: one per page, shut down once the page is gone, capped.
 
-A server of its own (`python -m app.serve`) runs with a short idle timeout
-and `--max_kernels 2`; pages are opened in headless Chromium. Kernels
+Servers of their own (`python -m app.serve`) run with short or long idle
+timeouts and `--max_kernels 2`; pages are opened in headless Chromium. Kernels
 are counted twice over: as the server's child processes in /proc, and through
 the server's `GET /api/kernels/<id>` with the id each page was given (Voila
 routes no list of kernels: it takes `/api/kernels` for a file, and refuses it).
@@ -23,7 +23,8 @@ CULL_IDLE_SECONDS = 5
 CULL_INTERVAL_SECONDS = 1
 MAX_KERNELS = 2
 PAGE_TIMEOUT_MS = 120_000  # the kernel imports TensorFlow and loads both models first
-SHUTDOWN_DEADLINE_SECONDS = 60  # far past CULL_IDLE_SECONDS: a kernel running after it was not culled
+SHUTDOWN_DEADLINE_SECONDS = 60  # far past CULL_IDLE_SECONDS, far short of LONG_CULL_IDLE_SECONDS
+LONG_CULL_IDLE_SECONDS = 600
 
 
 def serve(models_dir: Path, data_dir: Path, tmp_path_factory, *, cull_idle_seconds: int):
@@ -41,6 +42,12 @@ def serve(models_dir: Path, data_dir: Path, tmp_path_factory, *, cull_idle_secon
 def server(models_dir, data_dir, tmp_path_factory):
     """A server that culls a kernel after CULL_IDLE_SECONDS without a page."""
     yield from serve(models_dir, data_dir, tmp_path_factory, cull_idle_seconds=CULL_IDLE_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def slow_culling_server(models_dir, data_dir, tmp_path_factory):
+    """A server whose culler waits LONG_CULL_IDLE_SECONDS: what shuts a kernel down sooner is the page."""
+    yield from serve(models_dir, data_dir, tmp_path_factory, cull_idle_seconds=LONG_CULL_IDLE_SECONDS)
 
 
 def kernel_pids(server_pid: int) -> set[int]:
@@ -160,3 +167,18 @@ def test_a_page_past_the_cap_is_refused_without_starting_a_kernel(browser, serve
     assert len(kernel_pids(process.pid)) == 1
     close_without_beacon(page)
 
+
+def test_reloading_a_page_shuts_its_old_kernel_down_through_the_beacon(browser, slow_culling_server):
+    process, url = slow_culling_server
+    page, old_kernel_id = open_app(browser, url)
+    old_pids = kernel_pids(process.pid)
+    assert len(old_pids) == 1
+
+    # The page unloads before the server answers the beacon, so its request is all the browser reports.
+    with page.expect_request(lambda request: "/voila/api/shutdown/" in request.url) as beacon:
+        page.reload(timeout=PAGE_TIMEOUT_MS)
+    assert beacon.value.url.endswith(f"/voila/api/shutdown/{old_kernel_id}")
+    page.wait_for_selector(".soundsight-tabs", timeout=PAGE_TIMEOUT_MS)
+    wait_until_shut_down(slow_culling_server, [old_kernel_id], old_pids)
+    assert len(kernel_pids(process.pid)) == 1  # the reloaded page's own
+    page.close()
