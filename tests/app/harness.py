@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(*, models_dir: Path, data_dir: Path, log_path: Path):
-    """`python -m app.serve` on a free port; returns (process, url) once it answers HTTP."""
+def start_server(*, models_dir: Path, data_dir: Path, log_path: Path, extra_args: Sequence[str] = ()):
+    """`python -m app.serve` on a free port, with `extra_args` after its own; returns (process, url)
+    once it answers HTTP."""
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.serve", "--models_dir", str(models_dir), "--data_dir", str(data_dir),
-             "--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+             "--port", str(port), *extra_args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + SERVER_START_SECONDS
     while time.monotonic() < deadline:
