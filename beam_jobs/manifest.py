@@ -18,6 +18,8 @@ from beam_jobs.modality import Modality, PreviewPanel
 class ShardInfo:
     path: str  # relative to the manifest's folder
     num_examples: int
+    num_bytes: int | None = None  # as stored; None in manifests written before it was recorded
+    sha256: str | None = None  # hex SHA-256 of the stored bytes; likewise
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from beam_jobs.dataset_layout import (SHARD_PATTERN, TEMP_PREFIX, manifest_path, shard_name, temp_part_path,
                                       temp_shard_path)
 from beam_jobs.examples import encode_example
+from beam_jobs.integrity import scan_shard
 from beam_jobs.manifest import DatasetManifest, ShardInfo, SplitInfo
 from beam_jobs.modality import Modality
 from beam_jobs.splits import SPLITS
@@ -37,6 +38,10 @@ from beam_jobs.splits import SPLITS
 PART_BYTES = 4 * 1024 * 1024
 PART_FILES = 1000
 COPY_BUFFER_BYTES = 1024 * 1024
+
+
+class ShardMismatchError(RuntimeError):
+    """A shard on storage disagrees with what the pipeline wrote into it: it is not published."""
 
 
 class ShardPart(NamedTuple):
@@ -50,12 +55,14 @@ class ShardPart(NamedTuple):
 
 
 class ShardFile(NamedTuple):
-    """A shard written under its temporary name, waiting to be published."""
+    """A shard written under its temporary name and checked, waiting to be published."""
     split: str
     index: int  # the hash bucket; buckets that received no record have no file
     temp_path: str
     num_examples: int
     label_counts: dict[str, int]
+    num_bytes: int  # as stored
+    sha256: str  # of the stored bytes
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -171,7 +178,14 @@ class _ConcatenateParts(beam.DoFn):
                     shutil.copyfileobj(part, shard, COPY_BUFFER_BYTES)
                 for label_name, count in shard_part.label_counts.items():
                     label_counts[label_name] = label_counts.get(label_name, 0) + count
-        yield ShardFile(split, index, temp_path, sum(shard_part.num_examples for shard_part in parts), label_counts)
+        num_examples = sum(shard_part.num_examples for shard_part in parts)
+        # Read back before it is published: a runner that ran a bundle twice at once, or lost part of a
+        # write, must fail here rather than publish a shard that disagrees with the manifest.
+        scan = scan_shard(temp_path, compression=self._compression)
+        if scan.problem or scan.num_records != num_examples:
+            raise ShardMismatchError(f"{temp_path}: holds {scan.num_records} intact records where its parts "
+                                     f"wrote {num_examples}{'; ' + scan.problem if scan.problem else ''}")
+        yield ShardFile(split, index, temp_path, num_examples, label_counts, scan.num_bytes, scan.sha256)
 
 
 def _key_by_shard(shard_part: ShardPart):
@@ -205,6 +219,16 @@ def rename_into_place(sources: list[str], destinations: list[str]) -> None:
     FileSystems.rename([source for source, _ in pending], [destination for _, destination in pending])
 
 
+def check_published_sizes(paths: list[str], shards: list[ShardInfo]) -> None:
+    """Raises ShardMismatchError, before any manifest names them, for shards whose size changed since checked."""
+    sizes = {metadata.path: metadata.size_in_bytes
+             for match in FileSystems.match(paths) for metadata in match.metadata_list}
+    for path, shard in zip(paths, shards):
+        if sizes.get(path) != shard.num_bytes:
+            raise ShardMismatchError(f"{path}: {sizes.get(path)} bytes where {shard.num_bytes} were checked; "
+                                     f"refusing to publish the manifest")
+
+
 def delete_stale_files(dataset_dir: str, *, keep: set[str]) -> list[str]:
     """Deletes shards of earlier runs, shard parts and temporaries of failed runs; returns the deleted paths."""
     patterns = [f"{dataset_dir}/{SHARD_PATTERN}", f"{dataset_dir}/{TEMP_PREFIX}*"]
@@ -235,12 +259,14 @@ class _PublishManifest(beam.DoFn):
                 name = shard_name(split, rank, len(in_split), compression)
                 sources.append(shard.temp_path)
                 destinations.append(f"{self._dataset_dir}/{name}")
-                shards.append(ShardInfo(path=name, num_examples=shard.num_examples))
+                shards.append(ShardInfo(path=name, num_examples=shard.num_examples, num_bytes=shard.num_bytes,
+                                        sha256=shard.sha256))
                 for label_name, count in shard.label_counts.items():
                     label_counts[label_name] += count
             splits[split] = SplitInfo(num_examples=sum(shard.num_examples for shard in shards),
                                       label_counts=label_counts, shards=shards)
         rename_into_place(sources, destinations)
+        check_published_sizes(destinations, [shard for split in splits.values() for shard in split.shards])
         delete_stale_files(self._dataset_dir, keep=set(destinations))
         manifest = dataclasses.replace(self._template, labels=labels, splits=splits, num_errors=num_errors)
         path = manifest_path(self._dataset_dir)

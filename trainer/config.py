@@ -7,7 +7,7 @@ dataset and are read from its manifest.
 """
 import dataclasses
 
-from beam_jobs.config import ConfigError, option, require  # noqa: F401  (ConfigError: the trainer's error type)
+from beam_jobs.config import option, require
 
 MODELS = ("seed", "wide")
 SCHEDULES = ("cosine", "constant")

@@ -6,7 +6,9 @@ Files are read with `tf.io.gfile` / `TFRecordDataset`, so `gs://` paths work.
 Normalization lives in the model (serving then needs no extra code), so the
 batches hold the stored tensors: float32 spectrograms or uint8 images.
 """
+import contextlib
 import math
+import re
 from typing import Callable, Iterable
 
 import numpy as np
@@ -21,6 +23,10 @@ TRAINING_FEATURES = ("tensor", "label")
 _INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
 _READ_BLOCK = 256  # records handed over at once by the shard readers
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
+
+
+class DatasetReadError(RuntimeError):
+    """Shards that cannot be read whole, or hold another number of records than the manifest says."""
 
 
 def load_manifest(data_dir: str) -> DatasetManifest:
@@ -138,3 +144,52 @@ def shuffle_buffer_size(*, manifest: DatasetManifest, megabytes: float) -> int:
     """Examples of the training split that fit in `megabytes` (their stored tensors), at least one."""
     example_bytes = np.dtype(manifest.tensor_dtype).itemsize * math.prod(manifest.tensor_shape)
     return int(max(1, min(manifest.splits["train"].num_examples, megabytes * 2**20 // example_bytes)))
+
+
+def find_bad_shards(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]) -> list[str]:
+    """One line per shard of `splits` that TensorFlow cannot read whole or that holds another record count."""
+    bad = []
+    for split in splits:
+        for shard in manifest.splits[split].shards:
+            path = tf.io.gfile.join(data_dir, shard.path)
+            count = 0
+            try:
+                # One record at a time, so the count says where a shard breaks: slow, but only after an error.
+                for _ in tf.data.TFRecordDataset(path, compression_type=manifest.compression or ""):
+                    count += 1
+            except (tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+                bad.append(f"{path}: {_reason(error)} after {count} records")
+                continue
+            if count != shard.num_examples:
+                bad.append(f"{path}: {count} records, the manifest says {shard.num_examples}")
+    return bad
+
+
+@contextlib.contextmanager
+def naming_bad_shards(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]):
+    """Turns tf.data's errors about broken shards, which name no file, into a DatasetReadError that does.
+
+    tf.data reports a corrupt or truncated shard as DataLossError ("corrupted record at N") and
+    a shard with too few records as FailedPreconditionError from assert_cardinality; the error
+    raised instead lists the bad shards and the command that checks the whole dataset.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as error:
+        if isinstance(error, tf.errors.FailedPreconditionError) and "expected to contain" not in error.message:
+            raise
+        bad = find_bad_shards(manifest=manifest, data_dir=data_dir, splits=splits)
+        raise DatasetReadError(
+            f"reading {data_dir} failed ({_reason(error)}): "
+            + ("; ".join(bad) if bad else "no shard is bad now: was the dataset rewritten while it was read?")
+            + f". Check the dataset with: python -m beam_jobs.verify {data_dir}") from error
+
+
+# What tf.data says about a broken shard, without the graph's node names around it.
+_SHARD_ERRORS = re.compile(r"(corrupted record at \d+|truncated record at \d+|Input dataset was expected to contain "
+                           r"\d+ elements but contained only \d+|[^{}\n]*No such file or directory)")
+
+
+def _reason(error: tf.errors.OpError) -> str:
+    found = _SHARD_ERRORS.search(error.message)
+    return found.group(1).strip() if found else error.message.strip().splitlines()[-1]

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from beam_jobs.splits import SPLITS
 from trainer import plots
-from trainer.data import load_manifest, make_dataset
+from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards
 from trainer.model_dir import ModelDir
 from trainer.predict import Predictor
 
@@ -61,9 +61,10 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     dataset = make_dataset(manifest=manifest, data_dir=data_dir, splits=splits, batch_size=batch_size,
                            training=False)
     true, predicted = [], []
-    for tensors, one_hot in dataset:
-        true.append(np.argmax(one_hot.numpy(), axis=1))
-        predicted.append(np.argmax(predictor.predict_tensors(tensors.numpy()), axis=1))
+    with naming_bad_shards(manifest=manifest, data_dir=data_dir, splits=splits):
+        for tensors, one_hot in dataset:
+            true.append(np.argmax(one_hot.numpy(), axis=1))
+            predicted.append(np.argmax(predictor.predict_tensors(tensors.numpy()), axis=1))
     metrics = classification_metrics(true=np.concatenate(true), predicted=np.concatenate(predicted),
                                       labels=predictor.labels)
     metrics.update(split=split, data_dir=data_dir, model_dir=model_dir)
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     try:
         evaluate(model_dir=flags.model_dir, data_dir=flags.data_dir, split=flags.split, tag=flags.tag,
                  batch_size=flags.batch_size)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, DatasetReadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -19,10 +19,11 @@ import keras
 import tensorflow as tf
 
 from beam_jobs import config as config_lib
+from beam_jobs.config import ConfigError
 from beam_jobs.dataset_layout import manifest_path
 from trainer.augment import make_augmentation
-from trainer.config import ConfigError, TrainConfig
-from trainer.data import load_manifest, make_dataset, shuffle_buffer_size
+from trainer.config import TrainConfig
+from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards, shuffle_buffer_size
 from trainer.model import build_model
 from trainer.model_dir import ModelDir
 
@@ -85,9 +86,10 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
         # fit, so that a kill during the export below does not restart training from scratch.
         keras.callbacks.BackupAndRestore(layout.backup, delete_checkpoint=False, double_checkpoint=True),
     ]
-    model.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=callbacks,
-              shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a Dataset anyway
-              verbose=1 if sys.stdout.isatty() else 2)
+    with naming_bad_shards(manifest=manifest, data_dir=data_dir, splits=["train", "validation"]):
+        model.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=callbacks,
+                  shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a Dataset anyway
+                  verbose=1 if sys.stdout.isatty() else 2)
 
     # The best checkpoint, not EarlyStopping(restore_best_weights): that only knows this process' epochs.
     best_model = keras.saving.load_model(layout.model)
@@ -185,7 +187,11 @@ def main(argv=None) -> int:
         config = config_lib.from_flags(TrainConfig, flags)
     except ConfigError as error:
         parser.error(config_lib.flag_error(TrainConfig, error))
-    train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite)
+    try:
+        train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite)
+    except DatasetReadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -28,7 +28,7 @@ from beam_jobs.input_files import InputFile, InputFileCoder, MatchInputFiles, re
 from beam_jobs.input_tree import class_folder, classify, join_root, relative_to_root
 from beam_jobs.labels import ComputeVocabulary
 from beam_jobs.records import ErrorRow
-from beam_jobs.sharding import (ShardFile, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
+from beam_jobs.sharding import (ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import assign_split
 
@@ -322,8 +322,8 @@ def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_pa
                                                   progress_dir=str(tmp_path / "progress")),
                                     vocabulary=beam.pvalue.AsSingleton(vocabulary))
                        | WriteShards(dataset_dir=str(tmp_path / name), compression=None))
-        assert_that(shard_files, equal_to([ShardFile("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
-                                                     30, {"label0": 10, "label1": 10, "label2": 10})]))
+        assert_that(shard_files, checked_shard_files([("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
+                                                       30, {"label0": 10, "label1": 10, "label2": 10})]))
         p.run()
     assert len(list((tmp_path / "parts").glob(".tmp-train-00000-part-*.tfrecord"))) == 4
     shard_name = ".tmp-train-00000.tfrecord"
@@ -347,8 +347,32 @@ def test_write_shards_concatenates_parts_in_order_and_gzips(tmp_path, pipeline):
                    | WriteShards(dataset_dir=str(tmp_path / "out"), compression="GZIP"))
 
     temp_path = str(tmp_path / "out" / ".tmp-train-00003.tfrecord.gz")
-    assert_that(shard_files, equal_to([ShardFile("train", 3, temp_path, 5, {"x": 2, "y": 3})]))
+    assert_that(shard_files, checked_shard_files([("train", 3, temp_path, 5, {"x": 2, "y": 3})]))
     pipeline.run()
     unpacked = tmp_path / "unpacked"
     unpacked.write_bytes(gzip.decompress(open(temp_path, "rb").read()))
     assert read_framed_records(unpacked) == [b"a", b"bb", b"ccc", b"dddd", b"e"]
+
+
+def test_write_shards_refuses_a_shard_that_holds_fewer_records_than_its_parts_claim(tmp_path, pipeline):
+    temp_path = tmp_path / "part0"
+    with open(temp_path, "wb") as handle:
+        _TFRecordUtil.write_record(handle, b"only one")
+    # What a runner that loses part of a write, or runs a bundle twice over one file, leaves behind.
+    claimed = ShardPart("train", 0, 0, str(temp_path), 2, {"x": 2})
+
+    _ = pipeline | beam.Create([claimed]) | WriteShards(dataset_dir=str(tmp_path / "out"), compression=None)
+
+    with pytest.raises(Exception, match="holds 1 intact records where its parts wrote 2"):
+        pipeline.run()
+
+
+def checked_shard_files(expected: list[tuple]):
+    """A matcher: ShardFiles with these first five fields, whose size and SHA-256 are those of their file."""
+    def check(shard_files):
+        assert sorted(tuple(shard_file[:5]) for shard_file in shard_files) == sorted(expected)
+        for shard_file in shard_files:
+            data = open(shard_file.temp_path, "rb").read()
+            assert (shard_file.num_bytes, shard_file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+    return check

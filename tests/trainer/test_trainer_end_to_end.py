@@ -1,6 +1,7 @@
 """Raw files -> beam_jobs.preprocess -> trainer.train -> evaluate -> predict, on toy tones and shapes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from beam_jobs.config import ConfigError
 from beam_jobs.errors import InvalidInputError
 from toy_data import REPO, TOY_CONFIG, run_python
 from trainer import evaluate, predict
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import TrainConfig
 from trainer.data import load_manifest
+from trainer.train import main as train_main
 from trainer.train import train
 
 
@@ -185,3 +188,24 @@ def _epoch(metadata_path) -> int:
         return json.loads(metadata_path.read_text())["epoch"]
     except (json.JSONDecodeError, FileNotFoundError):
         return 0  # caught mid-write; the next poll reads it whole
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_broken_shard_is_named_with_the_command_that_checks_the_dataset(data_dirs, tmp_path, capsys, damage):
+    data_dir = tmp_path / "audio"
+    shutil.copytree(data_dirs["audio"], data_dir)
+    shard = data_dir / load_manifest(str(data_dir)).splits["train"].shards[0].path
+    data = bytearray(shard.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) // 2:]
+    shard.write_bytes(bytes(data))
+
+    status = train_main(["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"), "--epochs", "1",
+                         "--batch_size", "8"])
+
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"error: reading {data_dir} failed (") and f"{shard}: " in message, message
+    assert message.endswith(f"Check the dataset with: python -m beam_jobs.verify {data_dir}"), message
