@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.augment import make_audio_augmentation
+from trainer.augment import make_augmentation
 from trainer.config import TrainConfig
 from trainer.data import load_manifest, make_dataset, shuffle_buffer_size
 from trainer.model import build_model
@@ -62,7 +62,7 @@ def in_memory(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def bench(*, data_dir: str, config: TrainConfig, rounds: int) -> dict:
     manifest = load_manifest(data_dir)
-    augment = make_audio_augmentation(config) if manifest.modality == "audio" else None
+    augment = make_augmentation(manifest.spec.model_input.augmentation, config)
     from_shards = make_dataset(manifest=manifest, data_dir=data_dir, splits=["train"], batch_size=config.batch_size,
                                training=True, seed=config.seed,
                                shuffle_buffer=shuffle_buffer_size(manifest=manifest, megabytes=config.shuffle_buffer_mb),
