@@ -53,6 +53,16 @@ def _pcm24_wav_bytes(samples: np.ndarray, *, rate: int) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def write_tone_tree(root, *, per_class: int):
+    """root/{low,high}/s<i>_nohash_0.wav: 16 kHz tones, a little apart within each class. Returns root."""
+    for label, frequency in (("low", 300), ("high", 2000)):
+        (root / label).mkdir(parents=True)
+        for take in range(per_class):
+            (root / label / f"s{take}_nohash_0.wav").write_bytes(
+                wav_bytes(sine(frequency + 10 * take, rate=16000), rate=16000))
+    return root
+
+
 def image_bytes(image: Image.Image, image_format: str, **save_options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **save_options)
@@ -76,6 +86,11 @@ def make_sine():
 @pytest.fixture(scope="session")
 def make_wav():
     return wav_bytes
+
+
+@pytest.fixture(scope="session")
+def make_tone_tree():
+    return write_tone_tree
 
 
 @pytest.fixture(scope="session")

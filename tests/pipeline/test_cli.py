@@ -14,14 +14,8 @@ def preprocess(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def small_tree(tmp_path_factory, make_sine, make_wav) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("cli_tree")
-    for label, frequency in (("low", 300), ("high", 2000)):
-        (root / label).mkdir()
-        for take in range(6):
-            (root / label / f"s{take}_nohash_0.wav").write_bytes(
-                make_wav(make_sine(frequency + 10 * take, rate=16000), rate=16000))
-    return root
+def small_tree(tmp_path_factory, make_tone_tree) -> pathlib.Path:
+    return make_tone_tree(tmp_path_factory.mktemp("cli_tree"), per_class=6)
 
 
 def test_help_starts_with_usage_and_names_the_cluster_flags():

@@ -9,13 +9,8 @@ from beam_jobs.manifest import DatasetManifest
 
 
 @pytest.fixture(scope="module", params=["none", "gzip"])
-def dataset(request, tmp_path_factory, make_sine, make_wav, runner_flags) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("verify_tree")
-    for label, frequency in (("low", 300), ("high", 2000)):
-        (root / label).mkdir()
-        for take in range(10):
-            (root / label / f"s{take}_nohash_0.wav").write_bytes(
-                make_wav(make_sine(frequency + 10 * take, rate=16000), rate=16000))
+def dataset(request, tmp_path_factory, make_tone_tree, runner_flags) -> pathlib.Path:
+    root = make_tone_tree(tmp_path_factory.mktemp("verify_tree"), per_class=10)
     out = tmp_path_factory.mktemp(f"verify_out_{request.param}")
     preprocess.run([f"--audio_root={root}", f"--output_dir={out}", "--num_shards=2",
                     f"--compression={request.param}", *runner_flags["in_memory"]], save_main_session=False)
