@@ -56,7 +56,8 @@ def worker_output_filtered(*, verbose: bool):
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    real_stderr = os.fdopen(real_fd, "w", buffering=1, closefd=False)
+    # Owns the duplicate of the real stderr, which outlives the block: the logging handler writes to it.
+    real_stderr = os.fdopen(real_fd, "w", buffering=1)
 
     def copy_lines():
         with os.fdopen(read_fd, "r", errors="replace") as pipe:
@@ -73,7 +74,6 @@ def worker_output_filtered(*, verbose: bool):
         os.dup2(real_fd, 2)  # the pipe closes once no worker process holds it any more
         copier.join(timeout=5)
         real_stderr.flush()
-        os.close(real_fd)
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
