@@ -1,7 +1,8 @@
 """The preprocessing pipeline's recipe: `IngestModality` per modality, then the shared errors file.
 
   MatchInputFiles    roots -> InputFile (input extensions outside `_` folders)
-  ComputeVocabulary  InputFile -> {label name: index}, the sorted class folder names (or the fixed labels)
+  ComputeVocabulary  InputFile -> {label name: index}: the previous manifest's labels, then new class
+                     folders, sorted (or the fixed labels)
   ReadSplitLists     roots -> one {root index: {relative path: split}} from validation/testing lists
   AssignShards       InputFile -> ((split, shard index, part), InputFile), from the file's path alone
   FeaturizePart      ((split, shard index, part), [InputFile]) -> ShardPart written in one streaming
@@ -42,12 +43,14 @@ def manifest_template(modality: str, settings: Settings, *, created: str) -> Dat
 class IngestModality(beam.PTransform):
     """PBegin -> ErrorRow of one modality; writes its shards and, last, its manifest."""
 
-    def __init__(self, *, modality: str, settings: Settings, created: str, progress_dir: str):
+    def __init__(self, *, modality: str, settings: Settings, created: str, progress_dir: str,
+                 previous_labels: tuple[str, ...] = ()):
         super().__init__()
         self._modality = modality
         self._settings = settings
         self._created = created
         self._progress_dir = progress_dir
+        self._previous_labels = previous_labels
 
     def expand(self, pipeline):
         modality, settings = self._modality, self._settings
@@ -62,7 +65,8 @@ class IngestModality(beam.PTransform):
         if fixed_labels:
             vocabulary = pipeline | "FixedVocabulary" >> beam.Create([index_labels(fixed_labels)])
         else:
-            vocabulary = input_files | "ComputeVocabulary" >> ComputeVocabulary()
+            vocabulary = input_files | "ComputeVocabulary" >> ComputeVocabulary(
+                previous_labels=self._previous_labels)
         split_lists = pipeline | "ReadSplitLists" >> ReadSplitLists(roots=roots)
         files_by_part = input_files | "AssignShards" >> AssignShards(
             split_config=settings.split_config, split_lists=split_lists,
@@ -91,10 +95,15 @@ class IngestModality(beam.PTransform):
         return error_rows
 
 
-def build_pipeline(pipeline: beam.Pipeline, settings: Settings, *, created: str, progress_dir: str) -> None:
-    """Adds every asked-for modality's branch (in parallel) and the shared errors file to `pipeline`."""
+def build_pipeline(pipeline: beam.Pipeline, settings: Settings, *, created: str, progress_dir: str,
+                   previous_labels: dict[str, tuple[str, ...]]) -> None:
+    """Adds every asked-for modality's branch (in parallel) and the shared errors file to `pipeline`.
+
+    `previous_labels` holds, per modality, the vocabulary of the dataset being re-ingested, if any.
+    """
     error_rows = [pipeline | f"Ingest{modality.capitalize()}" >> IngestModality(
-                      modality=modality, settings=settings, created=created, progress_dir=progress_dir)
+                      modality=modality, settings=settings, created=created, progress_dir=progress_dir,
+                      previous_labels=previous_labels.get(modality, ()))
                   for modality in settings.roots]
     _ = (error_rows
          | "FlattenErrorRows" >> beam.Flatten()

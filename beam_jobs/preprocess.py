@@ -24,6 +24,8 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions  # noqa: E402
 
 from beam_jobs.dataset_layout import manifest_path  # noqa: E402
+from beam_jobs.input_files import read_text  # noqa: E402
+from beam_jobs.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.pipeline import build_pipeline  # noqa: E402
 from beam_jobs.progress import ProgressLine, new_progress_dir  # noqa: E402
 from beam_jobs.runners import with_default_runner  # noqa: E402
@@ -40,26 +42,36 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     options = PipelineOptions(with_default_runner(pipeline_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    previous_labels = {}
     for modality, roots in settings.roots.items():
         logging.info("%s: reading %s into %s", modality, ", ".join(roots), settings.dataset_dir(modality))
-        delete_previous_manifest(settings.dataset_dir(modality))
+        previous = delete_previous_manifest(settings.dataset_dir(modality))
+        # A fixed vocabulary replaces the previous one; otherwise the dataset's labels only grow.
+        keeps_labels = previous is not None and settings.fixed_labels[modality] is None
+        previous_labels[modality] = tuple(previous.labels) if keeps_labels else ()
     progress_dir = new_progress_dir(settings.output_dir)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, settings, created=created, progress_dir=progress_dir)
+    build_pipeline(pipeline, settings, created=created, progress_dir=progress_dir, previous_labels=previous_labels)
     with ProgressLine(progress_dir, modalities=list(settings.roots), stream=progress_stream):
         result = pipeline.run()
         result.wait_until_finish()
-    summary = summarize(settings, result)
+    summary = summarize(settings, result, previous_labels=previous_labels)
     print(format_summary(summary))
     return summary
 
 
-def delete_previous_manifest(dataset_dir: str) -> None:
-    """Makes the dataset unpublished while it is rewritten: a reader finds no manifest or a complete one."""
+def delete_previous_manifest(dataset_dir: str) -> DatasetManifest | None:
+    """Makes the dataset unpublished while it is rewritten: a reader finds no manifest or a complete one.
+
+    Returns the manifest it deleted, whose labels the new one keeps, or None.
+    """
     path = manifest_path(dataset_dir)
-    if FileSystems.exists(path):
-        logging.info("deleting the previous manifest %s", path)
-        FileSystems.delete([path])
+    if not FileSystems.exists(path):
+        return None
+    previous = DatasetManifest.from_json(read_text(path))
+    logging.info("deleting the previous manifest %s", path)
+    FileSystems.delete([path])
+    return previous
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ class PreprocessSummary:
     error_rows: list[dict]
     counters: dict[str, int]  # the "soundsight" metrics, e.g. audio_input_files, audio_skipped_files
     result: PipelineResult
+    added_labels: dict[str, list[str]]  # per modality, labels the re-ingested dataset did not have
 
     def empty_modalities(self) -> list[str]:
         """The modalities of which not one file became an example."""
@@ -31,19 +32,19 @@ class PreprocessSummary:
                 if not any(split.num_examples for split in manifest.splits.values())]
 
 
-def summarize(settings: Settings, result) -> PreprocessSummary:
+def summarize(settings: Settings, result, *, previous_labels: dict[str, tuple[str, ...]]) -> PreprocessSummary:
     manifest_paths = {modality: manifest_path(settings.dataset_dir(modality)) for modality in settings.roots}
     errors_file = errors_path(settings.output_dir)
     counters = {
         counter.key.metric.name: counter.committed if counter.committed is not None else counter.attempted
         for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    manifests = {modality: DatasetManifest.from_json(read_text(path)) for modality, path in manifest_paths.items()}
     return PreprocessSummary(
-        output_dir=settings.output_dir,
-        manifests={modality: DatasetManifest.from_json(read_text(path))
-                   for modality, path in manifest_paths.items()},
-        manifest_paths=manifest_paths, errors_path=errors_file,
+        output_dir=settings.output_dir, manifests=manifests, manifest_paths=manifest_paths, errors_path=errors_file,
         error_rows=[json.loads(line) for line in read_text(errors_file).splitlines()],
-        counters=counters, result=result)
+        counters=counters, result=result,
+        added_labels={modality: manifest.labels[len(previous_labels[modality]):]
+                      for modality, manifest in manifests.items() if previous_labels.get(modality)})
 
 
 def format_summary(summary: PreprocessSummary) -> str:
@@ -55,6 +56,10 @@ def format_summary(summary: PreprocessSummary) -> str:
             f"{summary.counters.get(f'{modality}_input_files', 0)} input files; "
             f"skipped {summary.counters.get(f'{modality}_skipped_files', 0)} files in _ folders, "
             f"ignored {summary.counters.get(f'{modality}_ignored_files', 0)} files of other types")
+        if summary.added_labels.get(modality):
+            first = len(manifest.labels) - len(summary.added_labels[modality])
+            lines.append(f"  new labels, after the {first} the dataset had: " + ", ".join(
+                f"{label} ({index})" for index, label in enumerate(manifest.labels[first:], start=first)))
         for name in SPLITS:
             split = manifest.splits[name]
             labels = ", ".join(f"{label} {count}" for label, count in split.label_counts.items())

@@ -7,10 +7,13 @@ Writes into --model_dir:
                          the confusion matrix (rows true, columns predicted) and its label order
   confusion-<split>.png  the confusion matrix
   training_curves.png    loss and accuracy per epoch, train vs validation (from history.json)
---data_dir may be another dataset with the same label vocabulary (e.g. other
-speakers, preprocessed separately); its files are then tagged with the name of
-its input folder, e.g. metrics-festival-all.json, so the model's own test
-metrics are never overwritten. --split all evaluates every split together.
+--data_dir may be a newer version of the model's dataset or another dataset
+(e.g. other speakers, preprocessed separately) whose label vocabulary agrees
+with the model's on their common part: a dataset's labels only grow, and
+examples of labels the model does not know are left out and reported. Another
+dataset's files are tagged with the name of its input folder, e.g.
+metrics-festival-all.json, so the model's own test metrics are never
+overwritten. --split all evaluates every split together.
 """
 import argparse
 import json
@@ -52,7 +55,7 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     """Predicts every example of `split` ("all" for every split) and writes metrics and PNGs; returns the metrics."""
     predictor = Predictor.from_model_dir(model_dir)
     manifest = load_manifest(data_dir)
-    _check_compatible(model_manifest=predictor.manifest, data_manifest=manifest, data_dir=data_dir)
+    unknown_labels = _check_compatible(model_manifest=predictor.manifest, data_manifest=manifest, data_dir=data_dir)
     if tag is None:
         same_dataset = (manifest.created, manifest.input_roots) == (predictor.manifest.created,
                                                                     predictor.manifest.input_roots)
@@ -65,9 +68,17 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
         for tensors, one_hot in dataset:
             true.append(np.argmax(one_hot.numpy(), axis=1))
             predicted.append(np.argmax(predictor.predict_tensors(tensors.numpy()), axis=1))
-    metrics = classification_metrics(true=np.concatenate(true), predicted=np.concatenate(predicted),
-                                      labels=predictor.labels)
-    metrics.update(split=split, data_dir=data_dir, model_dir=model_dir)
+    true, predicted = np.concatenate(true), np.concatenate(predicted)
+    # Examples of labels added to the dataset after the model was trained cannot be scored: left out, and said.
+    known = true < len(predictor.labels)
+    left_out = {label: int(np.sum(true == index)) for index, label in enumerate(manifest.labels)
+                if index >= len(predictor.labels) and np.any(true == index)}
+    metrics = classification_metrics(true=true[known], predicted=predicted[known], labels=predictor.labels)
+    metrics.update(split=split, data_dir=data_dir, model_dir=model_dir, unknown_labels=left_out)
+    if unknown_labels:
+        print(f"note: the model does not know {len(unknown_labels)} of the dataset's labels "
+              f"({', '.join(unknown_labels)}); left out {sum(left_out.values())} of their examples.",
+              file=sys.stderr)
 
     stem = f"{tag}-{split}" if tag else split
     title = f"{posixpath.basename(model_dir.rstrip('/'))} on {stem}: accuracy {metrics['accuracy']:.4f} " \
@@ -86,11 +97,18 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     return metrics
 
 
-def _check_compatible(*, model_manifest, data_manifest, data_dir: str) -> None:
-    """Raises ValueError when the data cannot be fed to the model; warns when featurization differs."""
-    if list(data_manifest.labels) != list(model_manifest.labels):
-        missing = sorted(set(model_manifest.labels) - set(data_manifest.labels))
-        extra = sorted(set(data_manifest.labels) - set(model_manifest.labels))
+def _check_compatible(*, model_manifest, data_manifest, data_dir: str) -> list[str]:
+    """The data's labels the model does not know; ValueError when the data cannot be fed to the model.
+
+    A dataset's vocabulary only grows (beam_jobs.labels), so a model trained on it before reads
+    every label it knows at the same index: the two vocabularies must agree on their common part.
+    Warns when the featurization differs.
+    """
+    model_labels, data_labels = list(model_manifest.labels), list(data_manifest.labels)
+    shared = min(len(model_labels), len(data_labels))
+    if model_labels[:shared] != data_labels[:shared]:
+        missing = sorted(set(model_labels) - set(data_labels))
+        extra = sorted(set(data_labels) - set(model_labels))
         raise ValueError(f"the label vocabulary of {data_dir} differs from the model's: "
                          f"missing {missing}, extra {extra}" + ("" if missing or extra else ", order differs"))
     data_input = (data_manifest.modality, data_manifest.tensor_dtype, list(data_manifest.tensor_shape))
@@ -104,6 +122,7 @@ def _check_compatible(*, model_manifest, data_manifest, data_dir: str) -> None:
                      if model_manifest.featurization.get(key) != value}
         print(f"warning: {data_dir} was featurized differently from the training data "
               f"(model, data): {differing}", file=sys.stderr)
+    return data_labels[len(model_labels):]
 
 
 def _write(file_path: str, data: bytes) -> None:

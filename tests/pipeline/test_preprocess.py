@@ -348,3 +348,24 @@ def test_missing_roots_fail_at_start(tmp_path, capsys):
     with pytest.raises(SystemExit):
         preprocess.run([f"--output_dir={tmp_path}"])
     assert "--audio_root or --image_root" in capsys.readouterr().err
+
+
+def test_a_reingest_keeps_every_label_at_its_index_and_appends_new_classes(tree, tmp_path, runner_flags,
+                                                                            example_parser):
+    speech = tmp_path / "speech"
+    shutil.copytree(tree / "speech", speech)
+    first = run_pipeline(tmp_path, tmp_path / "out", *runner_flags["in_memory"], modalities=("audio",))
+    assert first.manifests["audio"].labels == ["no", "up", "yes"]
+
+    # A class that sorts first arrives, and another one leaves.
+    shutil.copytree(speech / "yes", speech / "maybe")
+    shutil.rmtree(speech / "up")
+    second = run_pipeline(tmp_path, tmp_path / "out", *runner_flags["in_memory"], modalities=("audio",))
+
+    manifest = second.manifests["audio"]
+    assert manifest.labels == ["no", "up", "yes", "maybe"]
+    assert sum(split.label_counts["up"] for split in manifest.splits.values()) == 0
+    assert second.added_labels == {"audio": ["maybe"]}
+    assert "new labels, after the 3 the dataset had: maybe (3)" in preprocess.format_summary(second)
+    for examples in load_examples(tmp_path / "out", manifest, example_parser).values():
+        assert all(manifest.labels[example["label"][0]] == example["label_name"].decode() for example in examples)

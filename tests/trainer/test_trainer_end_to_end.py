@@ -209,3 +209,24 @@ def test_a_broken_shard_is_named_with_the_command_that_checks_the_dataset(data_d
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith(f"error: reading {data_dir} failed (") and f"{shard}: " in message, message
     assert message.endswith(f"Check the dataset with: python -m beam_jobs.verify {data_dir}"), message
+
+
+def test_a_model_evaluates_a_dataset_that_grew_a_label_and_leaves_its_examples_out(model_dirs, raw_roots, tmp_path,
+                                                                                   capsys):
+    tones = tmp_path / "tones"
+    shutil.copytree(raw_roots["audio"], tones)
+    out = tmp_path / "out"
+    for _ in range(2):  # the first ingest has the model's labels; the second adds one
+        run_python("-m", "beam_jobs.preprocess", "--audio_root", str(tones), "--output_dir", str(out))
+        if not (tones / "whistle").exists():
+            shutil.copytree(tones / "high", tones / "whistle")
+    manifest = load_manifest(str(out / "audio"))
+    assert manifest.labels == ["high", "low", "mid", "whistle"]
+
+    metrics = evaluate.evaluate(model_dir=str(model_dirs["audio"]), data_dir=str(out / "audio"), split="all")
+
+    whistles = sum(split.label_counts["whistle"] for split in manifest.splits.values())
+    assert metrics["unknown_labels"] == {"whistle": whistles} and whistles > 0
+    assert metrics["num_examples"] == sum(split.num_examples for split in manifest.splits.values()) - whistles
+    assert metrics["labels"] == ["high", "low", "mid"]
+    assert "the model does not know 1 of the dataset's labels (whistle)" in capsys.readouterr().err
