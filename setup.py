@@ -20,7 +20,7 @@ EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],
     "trainer": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "matplotlib>=3.8"],  # TensorBoard logs need the tensorboard package
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
-    "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3"],
+    "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3", "tensorflow-datasets>=4.9"],
 }
 
 setuptools.setup(

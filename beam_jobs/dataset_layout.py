@@ -2,8 +2,14 @@
 
   OUT/errors.jsonl                          one row per input file that could not become an example
   OUT/<modality>/dataset.json               the manifest, written last (`beam_jobs.manifest`)
-  OUT/<modality>/<split>-NNNNN-of-MMMMM.tfrecord[.gz]   the shards
+  OUT/<modality>/soundsight_<modality>-<split>.tfrecord[.gz]-NNNNN-of-MMMMM   the shards
+  OUT/<modality>/dataset_info.json, features.json, label.labels.txt
+                                            TensorFlow Datasets' metadata (uncompressed shards only)
   OUT/<modality>/.tmp-*                     a run's temporary files, gone when it finishes
+
+The shards are named as TensorFlow Datasets names them
+({DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}), so that with its metadata a
+dataset folder is also a TFDS dataset (`tfds.builder_from_directory`).
 
 The main job and the app keep their data in one folder, DATA:
 
@@ -20,7 +26,11 @@ from beam_jobs.modalities import get as get_modality
 
 MANIFEST_NAME = "dataset.json"
 ERRORS_NAME = "errors.jsonl"
-SHARD_PATTERN = "*-of-*.tfrecord*"
+TFDS_INFO_NAME = "dataset_info.json"
+TFDS_FEATURES_NAME = "features.json"
+TFDS_LABELS_NAME = "label.labels.txt"  # the names of the ClassLabel feature "label"
+# Shards as named now, and as named before TFDS naming (a re-ingest removes those too).
+SHARD_PATTERNS = ("soundsight_*.tfrecord*-of-*", "*-of-*.tfrecord*")
 TEMP_PREFIX = ".tmp-"
 
 
@@ -40,8 +50,13 @@ def shard_suffix(compression: str | None) -> str:
     return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
 
 
-def shard_name(split: str, rank: int, count: int, compression: str | None) -> str:
-    return f"{split}-{rank:05d}-of-{count:05d}{shard_suffix(compression)}"
+def tfds_name(modality: str) -> str:
+    """The dataset's name for TensorFlow Datasets, which wants [a-zA-Z]\\w*."""
+    return f"soundsight_{modality}"
+
+
+def shard_name(modality: str, split: str, rank: int, count: int, compression: str | None) -> str:
+    return f"{tfds_name(modality)}-{split}{shard_suffix(compression)}-{rank:05d}-of-{count:05d}"
 
 
 def temp_part_path(dataset_dir_path: str, *, split: str, index: int, part: int) -> str:

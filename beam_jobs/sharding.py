@@ -24,13 +24,14 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from beam_jobs.dataset_layout import (SHARD_PATTERN, TEMP_PREFIX, manifest_path, shard_name, temp_part_path,
-                                      temp_shard_path)
+from beam_jobs.dataset_layout import (SHARD_PATTERNS, TEMP_PREFIX, TFDS_FEATURES_NAME, TFDS_INFO_NAME,
+                                      TFDS_LABELS_NAME, manifest_path, shard_name, temp_part_path, temp_shard_path)
 from beam_jobs.examples import encode_example
 from beam_jobs.integrity import scan_shard
 from beam_jobs.manifest import DatasetManifest, ShardInfo, SplitInfo
 from beam_jobs.modality import Modality
 from beam_jobs.splits import SPLITS
+from beam_jobs.tfds_metadata import tfds_files
 
 # A part, the unit of work, holds at most PART_BYTES of records and at most PART_FILES files: small
 # to balance the workers, large for few temporary files. The file cap is for small records, whose
@@ -229,9 +230,20 @@ def check_published_sizes(paths: list[str], shards: list[ShardInfo]) -> None:
                                      f"refusing to publish the manifest")
 
 
+def write_tfds_metadata(manifest: DatasetManifest, *, dataset_dir: str) -> None:
+    """Writes TFDS' metadata files of `manifest`, and deletes those of an earlier run that no longer apply."""
+    files = tfds_files(manifest)
+    for name in (TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME):
+        path = f"{dataset_dir}/{name}"
+        if name in files:
+            write_atomically(path, files[name])
+        elif FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
 def delete_stale_files(dataset_dir: str, *, keep: set[str]) -> list[str]:
     """Deletes shards of earlier runs, shard parts and temporaries of failed runs; returns the deleted paths."""
-    patterns = [f"{dataset_dir}/{SHARD_PATTERN}", f"{dataset_dir}/{TEMP_PREFIX}*"]
+    patterns = [f"{dataset_dir}/{pattern}" for pattern in (*SHARD_PATTERNS, f"{TEMP_PREFIX}*")]
     stale = sorted({metadata.path
                     for match in FileSystems.match(patterns)
                     for metadata in match.metadata_list} - keep)
@@ -256,7 +268,7 @@ class _PublishManifest(beam.DoFn):
             label_counts = dict.fromkeys(labels, 0)
             shards = []
             for rank, shard in enumerate(in_split):
-                name = shard_name(split, rank, len(in_split), compression)
+                name = shard_name(self._template.modality, split, rank, len(in_split), compression)
                 sources.append(shard.temp_path)
                 destinations.append(f"{self._dataset_dir}/{name}")
                 shards.append(ShardInfo(path=name, num_examples=shard.num_examples, num_bytes=shard.num_bytes,
@@ -269,6 +281,7 @@ class _PublishManifest(beam.DoFn):
         check_published_sizes(destinations, [shard for split in splits.values() for shard in split.shards])
         delete_stale_files(self._dataset_dir, keep=set(destinations))
         manifest = dataclasses.replace(self._template, labels=labels, splits=splits, num_errors=num_errors)
+        write_tfds_metadata(manifest, dataset_dir=self._dataset_dir)
         path = manifest_path(self._dataset_dir)
         write_atomically(path, manifest.to_json().encode("utf-8"))
         yield path

@@ -16,7 +16,9 @@ from PIL import Image
 
 from beam_jobs import preprocess
 from beam_jobs.config import SplitConfig
-from beam_jobs.dataset_layout import MANIFEST_NAME
+from beam_jobs.dataset_layout import MANIFEST_NAME, TFDS_FEATURES_NAME, TFDS_INFO_NAME, TFDS_LABELS_NAME
+
+METADATA = {MANIFEST_NAME, TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}  # beside the shards
 from beam_jobs.features import FEATURES
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.splits import SPLITS, assign_split
@@ -191,7 +193,7 @@ def test_manifest_describes_the_dataset_and_lists_exactly_the_shards(base_run, t
     for manifest in (audio, image):
         folder = pathlib.Path(base_run.output_dir) / manifest.modality
         listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
-        assert {path.name for path in folder.iterdir()} == listed | {MANIFEST_NAME}
+        assert {path.name for path in folder.iterdir()} == listed | METADATA
     summary = preprocess.format_summary(base_run)
     assert "audio: 12 examples and 4 errors from 16 input files" in summary
     assert "skipped 1 files in _ folders" in summary and "stray.wav: file is directly in the input root" in summary
@@ -202,13 +204,13 @@ def without_created(manifest: DatasetManifest) -> dict:
 
 
 def assert_same_dataset(first: pathlib.Path, second: pathlib.Path, *, second_gzipped: bool = False):
+    """The same shards (gzipped in `second`, where TFDS' metadata is then absent) and the same errors."""
     for modality in ("audio", "image"):
-        names = sorted(path.name for path in (first / modality).iterdir())
-        expected = [name + ".gz" if second_gzipped and name != MANIFEST_NAME else name for name in names]
-        assert sorted(path.name for path in (second / modality).iterdir()) == expected
+        names = sorted(path.name for path in (first / modality).iterdir() if path.name not in METADATA)
+        expected = [name.replace(".tfrecord-", ".tfrecord.gz-") if second_gzipped else name for name in names]
+        assert sorted(path.name for path in (second / modality).iterdir()) == sorted(
+            expected + [MANIFEST_NAME] + ([] if second_gzipped else sorted(METADATA - {MANIFEST_NAME})))
         for name, other in zip(names, expected):
-            if name == MANIFEST_NAME:
-                continue
             data = (second / modality / other).read_bytes()
             expected_bytes = (first / modality / name).read_bytes()
             assert (gzip.decompress(data) if second_gzipped else data) == expected_bytes, name
@@ -290,14 +292,15 @@ def test_rerun_with_other_shard_count_leaves_no_stale_shards(base_run, tree, tmp
     output_dir = tmp_path / "out"
     shutil.copytree(base_run.output_dir, output_dir)
     (output_dir / "audio" / ".tmp-train-00009.tfrecord").write_bytes(b"left by a crashed run")
+    (output_dir / "audio" / "train-00000-of-00004.tfrecord").write_bytes(b"a shard named as before TFDS naming")
 
     summary = run_pipeline(tree, output_dir, "--num_shards=3", *runner_flags["in_memory"], modalities=("audio",))
 
     manifest = summary.manifests["audio"]
     listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
-    assert {path.name for path in (output_dir / "audio").iterdir()} == listed | {MANIFEST_NAME}
+    assert {path.name for path in (output_dir / "audio").iterdir()} == listed | METADATA
     assert {shard.path for shard in manifest.splits["train"].shards} == {
-        f"train-0000{index}-of-00003.tfrecord" for index in range(3)}
+        f"soundsight_audio-train.tfrecord-0000{index}-of-00003" for index in range(3)}
     assert sum(split.num_examples for split in manifest.splits.values()) == 12
 
 

@@ -42,7 +42,7 @@ def test_an_intact_dataset_verifies(dataset, capsys):
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing"])
 def test_a_damaged_shard_is_named_with_what_is_wrong(dataset, tmp_path, capsys, damage):
     copy = copy_of(dataset, tmp_path)
-    shard = sorted(copy.glob("train-*"))[0]
+    shard = sorted(copy.glob("*-train.tfrecord*"))[0]
     data = bytearray(shard.read_bytes())
     if damage == "flipped byte":
         data[len(data) // 2] ^= 0xFF
