@@ -60,8 +60,3 @@ class SplitRule:
                 return name
             position -= percent
         return "train"
-
-
-def assign_split(relative_path: str, *, config: SplitConfig, listed: dict[str, str]) -> str:
-    """The split of one file; see SplitRule, which serves many files of a root at the cost of one."""
-    return SplitRule(config=config, listed=listed).split_of(relative_path)

@@ -8,7 +8,7 @@ from beam_jobs.raw_files import list_split_samples, list_test_samples, read_list
 from beam_jobs.config import SplitConfig
 from beam_jobs.dataset_layout import MANIFEST_NAME
 from beam_jobs.manifest import DatasetManifest
-from beam_jobs.splits import assign_split
+from beam_jobs.splits import SplitRule
 
 WAV_EXTENSIONS = (".wav",)
 
@@ -51,7 +51,7 @@ def test_hashed_split_keeps_a_speaker_together_and_skips_what_is_not_an_example(
     samples = list_split_samples(tmp_path, split="test", labels=["down", "up"], split_config=config,
                                  extensions=WAV_EXTENSIONS)
     test_speakers = {speaker for speaker in speakers
-                     if assign_split(f"up/{speaker}_nohash_0.wav", config=config, listed={}) == "test"}
+                     if SplitRule(config=config, listed={}).split_of(f"up/{speaker}_nohash_0.wav") == "test"}
     assert 0 < len(test_speakers) < len(speakers)
     assert [sample.relative_path for sample in samples] == [
         f"{word}/{speaker}_nohash_0.wav" for word in ("down", "up") for speaker in sorted(test_speakers)]

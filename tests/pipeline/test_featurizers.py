@@ -10,7 +10,7 @@ from beam_jobs.config import SplitConfig
 from beam_jobs.errors import InvalidInputError
 from beam_jobs.examples import encode_example
 from beam_jobs.image import ImageConfig
-from beam_jobs.splits import SPLITS, assign_split
+from beam_jobs.splits import SPLITS, SplitRule
 
 LINEAR = AudioConfig(num_mel_bins=0)  # linear bins make the expected peak bin a plain division
 TONE_HZ = 1000.0
@@ -189,9 +189,9 @@ def test_split_depends_only_on_the_path_and_follows_the_percentages():
     config = SplitConfig(validation_percent=10, test_percent=20)
     paths = [f"label/file{index}.wav" for index in range(3000)]
 
-    splits = [assign_split(path, config=config, listed={}) for path in paths]
+    splits = [SplitRule(config=config, listed={}).split_of(path) for path in paths]
 
-    assert splits == [assign_split(path, config=config, listed={}) for path in paths]
+    assert splits == [SplitRule(config=config, listed={}).split_of(path) for path in paths]
     shares = {split: splits.count(split) / len(paths) for split in SPLITS}
     assert shares == pytest.approx({"train": 0.7, "validation": 0.1, "test": 0.2}, abs=0.03)
 
@@ -199,7 +199,7 @@ def test_split_depends_only_on_the_path_and_follows_the_percentages():
 def test_clips_of_one_speaker_share_a_split():
     config = SplitConfig()
     for speaker in ("0a7c2a8d", "bb05582b", "c1d39ce8", "ffd2ba2f"):
-        splits = {assign_split(f"{word}/{speaker}_nohash_{take}.wav", config=config, listed={})
+        splits = {SplitRule(config=config, listed={}).split_of(f"{word}/{speaker}_nohash_{take}.wav")
                   for word in ("yes", "no", "up") for take in range(3)}
         assert len(splits) == 1, f"speaker {speaker} is spread over {splits}"
 
@@ -208,9 +208,9 @@ def test_listed_files_keep_their_split_and_listed_splits_take_no_others():
     listed = {"yes/a.wav": "validation", "no/b.wav": "train"}
     config = SplitConfig(validation_percent=30, test_percent=30)
 
-    assert assign_split("yes/a.wav", config=config, listed=listed) == "validation"
-    assert assign_split("no/b.wav", config=config, listed=listed) == "train"
-    others = {assign_split(f"up/{index}.wav", config=config, listed={"yes/a.wav": "validation"})
+    assert SplitRule(config=config, listed=listed).split_of("yes/a.wav") == "validation"
+    assert SplitRule(config=config, listed=listed).split_of("no/b.wav") == "train"
+    others = {SplitRule(config=config, listed={"yes/a.wav": "validation"}).split_of(f"up/{index}.wav")
               for index in range(200)}
     assert others == {"train", "test"}
 

@@ -21,7 +21,7 @@ from beam_jobs.dataset_layout import MANIFEST_NAME, TFDS_FEATURES_NAME, TFDS_INF
 METADATA = {MANIFEST_NAME, TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}  # beside the shards
 from beam_jobs.features import FEATURES
 from beam_jobs.manifest import DatasetManifest
-from beam_jobs.splits import SPLITS, assign_split
+from beam_jobs.splits import SPLITS, SplitRule
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BAD_FILES = {  # relative to the tree: the reason each must give
@@ -186,7 +186,8 @@ def test_manifest_describes_the_dataset_and_lists_exactly_the_shards(base_run, t
     good_wavs = [f"{label}/s{take}_nohash_0.wav" for label in audio.labels for take in range(4)]
     listed = {LISTED_FOR_VALIDATION: "validation"}
     for split in SPLITS:
-        in_split = [path for path in good_wavs if assign_split(path, config=SplitConfig(), listed=listed) == split]
+        rule = SplitRule(config=SplitConfig(), listed=listed)
+        in_split = [path for path in good_wavs if rule.split_of(path) == split]
         assert audio.splits[split].label_counts == {label: sum(p.startswith(label + "/") for p in in_split)
                                                     for label in audio.labels}, split
     assert len(audio.splits["train"].shards) > 1, "--shard_size_mb 0.1 should give several train shards"

@@ -30,7 +30,7 @@ from beam_jobs.labels import ComputeVocabulary
 from beam_jobs.records import ErrorRow
 from beam_jobs.sharding import (ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
-from beam_jobs.splits import assign_split
+from beam_jobs.splits import SplitRule
 
 AUDIO_EXTENSIONS = AUDIO.extensions
 
@@ -259,7 +259,7 @@ def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pi
     def check(pairs):
         assert sorted(input_file for _, input_file in pairs) == sorted(input_files)
         splits = {input_file.relative_path: split for (split, _, _), input_file in pairs}
-        assert splits == {path: assign_split(path, config=split_config, listed=listed) for path in splits}
+        assert splits == {path: SplitRule(config=split_config, listed=listed).split_of(path) for path in splits}
         files_per_split = collections.Counter(splits.values())
         assert files_per_split["validation"] == 1 and set(files_per_split) == {"train", "validation", "test"}
         for (split, index, part), input_file in pairs:
