@@ -1,7 +1,7 @@
 """One live progress line per modality while the pipeline runs: files featurized, rate, time left.
 
 Workers report through small files in the run's progress folder
-(OUT/.tmp-progress-<run id>/), not through logs: every runner relays worker
+(OUT/.tmp-<run id>/progress/), not through logs: every runner relays worker
 logs differently (or not at all), and a log line per worker per thousand files
 is what buried the progress before. `ProgressFile` is the worker side: each
 featurizing DoFn instance rewrites its own `<modality>-<id>.json` with its
@@ -19,17 +19,11 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.dataset_layout import TEMP_PREFIX
-from beam_jobs.sharding import write_atomically
+from beam_jobs.storage import write_atomically
 
 REPORT_EVERY_SECONDS = 2.0  # how often a worker rewrites its progress file
 POLL_EVERY_SECONDS = 1.0
 LOG_EVERY_SECONDS = 15.0  # a line this often when the output is not a terminal
-
-
-def new_progress_dir(output_dir: str) -> str:
-    """A progress folder of its own for one run."""
-    return f"{output_dir}/{TEMP_PREFIX}progress-{uuid.uuid4().hex}"
 
 
 def write_matched_count(count: int, *, progress_dir: str, modality: str) -> None:

@@ -36,6 +36,10 @@ class Settings:
     shard_bytes: int
     num_shards: int | None
     compression: str | None  # None or "GZIP", as in the manifest and tf.data
+    full: bool = False  # featurize every file, reusing nothing of the base snapshot
+    compact: bool = False  # rewrite all the records into one evenly sharded span
+    keep_snapshots: int = 5  # committed snapshots whose files are kept; older ones are removed
+    max_spans: int = 16  # a re-ingest that would leave more spans compacts instead
 
     @property
     def specs(self) -> dict[str, Modality]:
@@ -70,6 +74,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "buckets that receive no example write no shard")
     parser.add_argument("--compression", choices=("none", "gzip"), default="none",
                         help="gzip writes .tfrecord.gz shards")
+    parser.add_argument("--full", action="store_true",
+                        help="featurize every file again instead of reusing the current snapshot's records "
+                             "of unchanged files (a changed featurization config does this by itself)")
+    parser.add_argument("--compact", action="store_true",
+                        help="rewrite all the records into one new, evenly sharded span, as a full ingest "
+                             "would shard them, copying unchanged records instead of featurizing them")
+    parser.add_argument("--keep_snapshots", type=int, default=5,
+                        help="after a commit, delete the files of snapshots older than the newest N "
+                             "(never the current one); readers that pinned one are told it was removed")
+    parser.add_argument("--max_spans", type=int, default=16,
+                        help="compact when a re-ingest would leave a snapshot of more spans than this")
     console.add_verbose_flag(parser)
     for config_class in [spec.config_class for spec in MODALITIES.values()] + [SplitConfig]:
         config_lib.add_flags(parser, config_class)
@@ -133,6 +148,11 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
         parser.error(f"--num_shards={args.num_shards}: must be >= 1")
     if args.shard_size_mb <= 0:
         parser.error(f"--shard_size_mb={args.shard_size_mb}: must be > 0")
+    for flag in ("keep_snapshots", "max_spans"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+    if args.full and args.compact:
+        parser.error("--full and --compact: give one; --full already writes one evenly sharded span")
     configs = {name: build_config(spec.config_class, args, parser) for name, spec in MODALITIES.items()}
     settings = Settings(
         roots=roots, output_dir=normalize_output_dir(args.output_dir, parser=parser), configs=configs,
@@ -140,5 +160,6 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
         fixed_labels={name: parse_labels(getattr(args, f"{name}_labels"), flag=f"{name}_labels", parser=parser)
                       for name in MODALITIES},
         shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
-        compression="GZIP" if args.compression == "gzip" else None)
+        compression="GZIP" if args.compression == "gzip" else None, full=args.full, compact=args.compact,
+        keep_snapshots=args.keep_snapshots, max_spans=args.max_spans)
     return settings, pipeline_args

@@ -1,9 +1,14 @@
-"""Deterministic TFRecord shards and the manifest that publishes them; file names from `beam_jobs.dataset_layout`.
+"""Deterministic TFRecord shards and the span that holds them; file names from `beam_jobs.dataset_layout`.
 
-  PartWriter      streams the records of one part of a shard into a temporary file -> ShardPart
-  WriteShards     ShardPart -> ShardFile: each shard's parts concatenated, in order, into a temporary shard
-  PublishDataset  ShardFile -> renames the shards into place, deletes stale ones and the parts,
-                  then writes dataset.json last
+  PartWriter   streams the records of one part of a shard into a temporary file -> ShardPart
+  WriteShards  ShardPart -> ShardFile: each shard's parts concatenated, in order, into a temporary shard,
+               read back and checked
+  PublishSpan  ShardFile -> the shards renamed into the run's span folder, its index of files and
+               errors, TFDS metadata, and span.json last
+
+Temporary files are unique per attempt (`temp_part_path`, `temp_shard_path`),
+so a retried or duplicated bundle cannot write into another attempt's file; the
+run deletes its whole temporary folder at the end.
 
 A file's shard (its hash bucket) and its part of that shard (a range of hash
 values) come from a hash of its relative path, and a part's files are written in
@@ -14,6 +19,7 @@ that a split with few shards still spreads over many workers.
 """
 import dataclasses
 import hashlib
+import json
 import math
 import shutil
 from typing import NamedTuple
@@ -24,13 +30,14 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from beam_jobs.dataset_layout import (SHARD_PATTERNS, TEMP_PREFIX, TFDS_FEATURES_NAME, TFDS_INFO_NAME,
-                                      TFDS_LABELS_NAME, manifest_path, shard_name, temp_part_path, temp_shard_path)
+from beam_jobs.dataset_layout import (SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME, shard_name,
+                                      temp_part_path, temp_shard_path)
 from beam_jobs.examples import encode_example
 from beam_jobs.integrity import scan_shard
 from beam_jobs.manifest import DatasetManifest, ShardInfo, SplitInfo
 from beam_jobs.modality import Modality
 from beam_jobs.splits import SPLITS
+from beam_jobs.storage import write_atomically
 from beam_jobs.tfds_metadata import tfds_files
 
 # A part, the unit of work, holds at most PART_BYTES of records and at most PART_FILES files: small
@@ -45,6 +52,11 @@ class ShardMismatchError(RuntimeError):
     """A shard on storage disagrees with what the pipeline wrote into it: it is not published."""
 
 
+# A record's row in its span's files.jsonl: the input file (root index, relative path, size, modification
+# time, split), its label, and where its framed record starts in the shard and how long its data is.
+FILE_ROW_FIELDS = ("root", "path", "size", "mtime", "split", "label", "offset", "length")
+
+
 class ShardPart(NamedTuple):
     """The records of one part of a shard, written uncompressed under a temporary name."""
     split: str
@@ -53,6 +65,8 @@ class ShardPart(NamedTuple):
     temp_path: str
     num_examples: int
     label_counts: dict[str, int]
+    num_bytes: int  # of the framed records
+    rows: list[tuple]  # FILE_ROW_FIELDS, offsets within the part
 
 
 class ShardFile(NamedTuple):
@@ -64,14 +78,7 @@ class ShardFile(NamedTuple):
     label_counts: dict[str, int]
     num_bytes: int  # as stored
     sha256: str  # of the stored bytes
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file, so readers never see half a file."""
-    temp_path = f"{path}.tmp"
-    with FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)
-    FileSystems.rename([temp_path], [path])
+    rows: list[tuple]  # FILE_ROW_FIELDS, offsets within the (uncompressed) shard
 
 
 def num_shards_for(total_bytes: int, *, shard_bytes: int, fixed_num_shards: int | None) -> int:
@@ -126,26 +133,31 @@ def beam_compression(compression: str | None) -> str:
 
 
 class PartWriter:
-    """Streams the records of one part of a shard into its temporary file and counts them per label.
+    """Streams the records of one part of a shard into its temporary file; counts them per label, indexes them.
 
     The file is created at the first record, so a part whose files all fail gets
     none; after the `with` block, `shard_part` is its ShardPart, or None.
     """
 
-    def __init__(self, *, dataset_dir: str, split: str, index: int, part: int):
+    def __init__(self, *, temp_dir: str, split: str, index: int, part: int):
         self._key = (split, index, part)
-        self._temp_path = temp_part_path(dataset_dir, split=split, index=index, part=part)
+        self._temp_path = temp_part_path(temp_dir, split=split, index=index, part=part)
         self._handle = None
         self._label_counts = {}
+        self._rows = []
+        self._num_bytes = 0
         self.shard_part = None
 
     def __enter__(self):
         return self
 
-    def write(self, serialized: bytes, *, label_name: str) -> None:
+    def write(self, serialized: bytes, *, label_name: str, file_row: tuple) -> None:
+        """`file_row`: the input file's root index, relative path, size, modification time and split."""
         if self._handle is None:
             self._handle = FileSystems.create(self._temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         _TFRecordUtil.write_record(self._handle, serialized)
+        self._rows.append((*file_row, label_name, self._num_bytes, len(serialized)))
+        self._num_bytes += _TFRecordUtil.encoded_num_bytes(serialized)
         self._label_counts[label_name] = self._label_counts.get(label_name, 0) + 1
 
     def __exit__(self, exc_type, *_):
@@ -153,32 +165,34 @@ class PartWriter:
             return
         self._handle.close()
         if exc_type is None:
-            self.shard_part = ShardPart(*self._key, self._temp_path, sum(self._label_counts.values()),
-                                        self._label_counts)
+            self.shard_part = ShardPart(*self._key, self._temp_path, len(self._rows), self._label_counts,
+                                        self._num_bytes, self._rows)
 
 
 class _ConcatenateParts(beam.DoFn):
     """((split, index), [ShardPart]) -> ShardFile, after copying the parts in order into a temporary shard.
 
-    The parts stay until PublishDataset deletes them, so a retried bundle finds them
-    again; until then the dataset takes twice its size on disk.
+    The parts stay until the run deletes its temporary folder, so a retried bundle
+    finds them again; until then the new records take twice their size on disk.
     """
 
-    def __init__(self, *, dataset_dir: str, compression: str | None):
-        self._dataset_dir = dataset_dir
+    def __init__(self, *, temp_dir: str, compression: str | None):
+        self._temp_dir = temp_dir
         self._compression = compression
 
     def process(self, shard_and_parts):
         (split, index), parts = shard_and_parts
         parts = sorted(parts, key=lambda shard_part: shard_part.part)
-        temp_path = temp_shard_path(self._dataset_dir, split=split, index=index, compression=self._compression)
-        label_counts = {}
+        temp_path = temp_shard_path(self._temp_dir, split=split, index=index, compression=self._compression)
+        label_counts, rows, offset = {}, [], 0
         with FileSystems.create(temp_path, compression_type=beam_compression(self._compression)) as shard:
             for shard_part in parts:
                 with FileSystems.open(shard_part.temp_path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
                     shutil.copyfileobj(part, shard, COPY_BUFFER_BYTES)
                 for label_name, count in shard_part.label_counts.items():
                     label_counts[label_name] = label_counts.get(label_name, 0) + count
+                rows += [(*row[:-2], row[-2] + offset, row[-1]) for row in shard_part.rows]
+                offset += shard_part.num_bytes
         num_examples = sum(shard_part.num_examples for shard_part in parts)
         # Read back before it is published: a runner that ran a bundle twice at once, or lost part of a
         # write, must fail here rather than publish a shard that disagrees with the manifest.
@@ -186,7 +200,7 @@ class _ConcatenateParts(beam.DoFn):
         if scan.problem or scan.num_records != num_examples:
             raise ShardMismatchError(f"{temp_path}: holds {scan.num_records} intact records where its parts "
                                      f"wrote {num_examples}{'; ' + scan.problem if scan.problem else ''}")
-        yield ShardFile(split, index, temp_path, num_examples, label_counts, scan.num_bytes, scan.sha256)
+        yield ShardFile(split, index, temp_path, num_examples, label_counts, scan.num_bytes, scan.sha256, rows)
 
 
 def _key_by_shard(shard_part: ShardPart):
@@ -196,9 +210,9 @@ def _key_by_shard(shard_part: ShardPart):
 class WriteShards(beam.PTransform):
     """ShardPart -> ShardFile, one per (split, hash bucket) with at least one record; gzipped if asked."""
 
-    def __init__(self, *, dataset_dir: str, compression: str | None):
+    def __init__(self, *, temp_dir: str, compression: str | None):
         super().__init__()
-        self._dataset_dir = dataset_dir
+        self._temp_dir = temp_dir
         self._compression = compression
 
     def expand(self, shard_parts):
@@ -206,7 +220,7 @@ class WriteShards(beam.PTransform):
                 | "KeyByShard" >> beam.Map(_key_by_shard)
                 | "GroupPartsByShard" >> beam.GroupByKey()
                 | "ConcatenateParts" >> beam.ParDo(
-                    _ConcatenateParts(dataset_dir=self._dataset_dir, compression=self._compression)))
+                    _ConcatenateParts(temp_dir=self._temp_dir, compression=self._compression)))
 
 
 def rename_into_place(sources: list[str], destinations: list[str]) -> None:
@@ -230,39 +244,28 @@ def check_published_sizes(paths: list[str], shards: list[ShardInfo]) -> None:
                                      f"refusing to publish the manifest")
 
 
-def write_tfds_metadata(manifest: DatasetManifest, *, dataset_dir: str) -> None:
-    """Writes TFDS' metadata files of `manifest`, and deletes those of an earlier run that no longer apply."""
-    files = tfds_files(manifest)
-    for name in (TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME):
-        path = f"{dataset_dir}/{name}"
-        if name in files:
-            write_atomically(path, files[name])
-        elif FileSystems.exists(path):
-            FileSystems.delete([path])
+def write_tfds_metadata(manifest: DatasetManifest, *, folder: str) -> None:
+    """Writes TFDS' metadata files of `manifest`'s shards, which lie in `folder`."""
+    for name, data in tfds_files(manifest).items():
+        write_atomically(f"{folder}/{name}", data)
 
 
-def delete_stale_files(dataset_dir: str, *, keep: set[str]) -> list[str]:
-    """Deletes shards of earlier runs, shard parts and temporaries of failed runs; returns the deleted paths."""
-    patterns = [f"{dataset_dir}/{pattern}" for pattern in (*SHARD_PATTERNS, f"{TEMP_PREFIX}*")]
-    stale = sorted({metadata.path
-                    for match in FileSystems.match(patterns)
-                    for metadata in match.metadata_list} - keep)
-    if stale:
-        FileSystems.delete(stale)
-    return stale
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8")
 
 
-class _PublishManifest(beam.DoFn):
-    """[ShardFile] -> the manifest path; side inputs: vocabulary {label: index} and num_errors."""
+class _PublishSpan(beam.DoFn):
+    """[ShardFile] -> the span's folder; side input: the span's error rows (JSON lines)."""
 
-    def __init__(self, *, dataset_dir: str, template: DatasetManifest):
-        self._dataset_dir = dataset_dir
+    def __init__(self, *, span_dir: str, template: DatasetManifest):
+        self._span_dir = span_dir
         self._template = template
 
-    def process(self, shard_files: list[ShardFile], vocabulary: dict[str, int], num_errors: int):
-        labels = sorted(vocabulary, key=vocabulary.get)
+    def process(self, shard_files: list[ShardFile], error_lines: list[str]):
+        error_rows = [json.loads(line) for line in error_lines]
+        labels = self._template.labels
         compression = self._template.compression
-        sources, destinations, splits = [], [], {}
+        sources, destinations, splits, file_rows = [], [], {}, []
         for split in SPLITS:
             in_split = sorted((shard for shard in shard_files if shard.split == split), key=lambda s: s.index)
             label_counts = dict.fromkeys(labels, 0)
@@ -270,41 +273,47 @@ class _PublishManifest(beam.DoFn):
             for rank, shard in enumerate(in_split):
                 name = shard_name(self._template.modality, split, rank, len(in_split), compression)
                 sources.append(shard.temp_path)
-                destinations.append(f"{self._dataset_dir}/{name}")
+                destinations.append(f"{self._span_dir}/{name}")
                 shards.append(ShardInfo(path=name, num_examples=shard.num_examples, num_bytes=shard.num_bytes,
                                         sha256=shard.sha256))
                 for label_name, count in shard.label_counts.items():
                     label_counts[label_name] += count
+                file_rows += [{**dict(zip(FILE_ROW_FIELDS, row)), "shard": name} for row in shard.rows]
             splits[split] = SplitInfo(num_examples=sum(shard.num_examples for shard in shards),
                                       label_counts=label_counts, shards=shards)
+        if not FileSystems.exists(self._span_dir):
+            FileSystems.mkdirs(self._span_dir)  # a local rename needs the folder; on object stores, no-op
         rename_into_place(sources, destinations)
         check_published_sizes(destinations, [shard for split in splits.values() for shard in split.shards])
-        delete_stale_files(self._dataset_dir, keep=set(destinations))
-        manifest = dataclasses.replace(self._template, labels=labels, splits=splits, num_errors=num_errors)
-        write_tfds_metadata(manifest, dataset_dir=self._dataset_dir)
-        path = manifest_path(self._dataset_dir)
-        write_atomically(path, manifest.to_json().encode("utf-8"))
-        yield path
+        manifest = dataclasses.replace(self._template, splits=splits, num_errors=len(error_rows))
+        write_tfds_metadata(manifest, folder=self._span_dir)
+        write_atomically(f"{self._span_dir}/{SPAN_FILES_NAME}", _jsonl(sorted(
+            file_rows, key=lambda row: (row["root"], row["path"]))))
+        write_atomically(f"{self._span_dir}/{SPAN_ERRORS_NAME}", _jsonl(sorted(
+            error_rows, key=lambda row: (row["root"], row["path"]))))
+        write_atomically(f"{self._span_dir}/{SPAN_MANIFEST_NAME}", manifest.to_json().encode("utf-8"))
+        yield self._span_dir
 
 
-class PublishDataset(beam.PTransform):
-    """ShardFile -> the path of dataset.json, written after every shard is in place.
+class PublishSpan(beam.PTransform):
+    """ShardFile -> the span's folder, once its shards, index, metadata and, last, span.json are in place.
 
-    `vocabulary` (one {label: index}) and `num_errors` (one int) are singleton
-    PCollections; `template` holds the manifest fields known at launch.
+    `error_rows` is a PCollection of the span's error rows as JSON; `template` holds its
+    manifest fields but the splits and the error count.
     """
 
-    def __init__(self, *, dataset_dir: str, template: DatasetManifest, vocabulary, num_errors):
+    def __init__(self, *, span_dir: str, template: DatasetManifest, error_rows):
         super().__init__()
-        self._dataset_dir = dataset_dir
+        self._span_dir = span_dir
         self._template = template
-        self._vocabulary = vocabulary
-        self._num_errors = num_errors
+        self._error_rows = error_rows
 
     def expand(self, shard_files):
+        # Collected by a transform of their own, not read as an AsList side input: the bundle-based
+        # DirectRunner hands such a side input every output of the multi-output ParDo that made it.
+        error_lines = self._error_rows | "CollectErrorRows" >> beam.combiners.ToList()
         return (shard_files
                 | "CollectShards" >> beam.combiners.ToList()
-                | "RenameShardsAndWriteManifest" >> beam.ParDo(
-                    _PublishManifest(dataset_dir=self._dataset_dir, template=self._template),
-                    vocabulary=beam.pvalue.AsSingleton(self._vocabulary),
-                    num_errors=beam.pvalue.AsSingleton(self._num_errors)))
+                | "RenameShardsAndWriteSpan" >> beam.ParDo(
+                    _PublishSpan(span_dir=self._span_dir, template=self._template),
+                    error_lines=beam.pvalue.AsSingleton(error_lines)))

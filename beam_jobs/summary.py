@@ -1,70 +1,104 @@
-"""What a preprocessing run wrote, read back from its manifests, errors file and metrics, and its printout."""
+"""What a preprocessing run did, per modality, and its printout: one block per modality, then the errors."""
 import dataclasses
-import json
 
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.runners.runner import PipelineResult
-
-from beam_jobs.counters import METRICS_NAMESPACE
-from beam_jobs.dataset_layout import errors_path, manifest_path
-from beam_jobs.input_files import read_text
+from beam_jobs.dataset_layout import manifest_path
 from beam_jobs.manifest import DatasetManifest
-from beam_jobs.settings import Settings
+from beam_jobs.plan import ModalityPlan
 from beam_jobs.splits import SPLITS
 
 SUMMARY_ERROR_ROWS = 10  # error rows printed in the summary; all of them are in errors.jsonl
 
 
 @dataclasses.dataclass
+class ModalityOutcome:
+    plan: ModalityPlan
+    manifest: DatasetManifest | None  # the current snapshot after the run (the base when nothing was committed)
+    committed: bool = False
+    conflict: str | None = None  # why the commit lost to another run
+    expired: list[int] = dataclasses.field(default_factory=list)  # snapshots removed by retention
+
+    @property
+    def added_labels(self) -> list[str]:
+        base = self.plan.base
+        if base is None or self.plan.labels[:len(base.labels)] != base.labels:
+            return []
+        return self.plan.labels[len(base.labels):]
+
+
+@dataclasses.dataclass
 class PreprocessSummary:
     output_dir: str
-    manifests: dict[str, DatasetManifest]
-    manifest_paths: dict[str, str]
+    outcomes: dict[str, ModalityOutcome]
     errors_path: str
     error_rows: list[dict]
-    counters: dict[str, int]  # the "soundsight" metrics, e.g. audio_input_files, audio_skipped_files
-    result: PipelineResult
-    added_labels: dict[str, list[str]]  # per modality, labels the re-ingested dataset did not have
+
+    @property
+    def manifests(self) -> dict[str, DatasetManifest]:
+        """The current snapshot of each modality of the run."""
+        return {modality: outcome.manifest for modality, outcome in self.outcomes.items() if outcome.manifest}
+
+    @property
+    def manifest_paths(self) -> dict[str, str]:
+        return {modality: manifest_path(f"{self.output_dir}/{modality}") for modality in self.manifests}
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The listing's counts, e.g. audio_input_files, audio_skipped_files, audio_ignored_files."""
+        return {f"{modality}_{name}": count for modality, outcome in self.outcomes.items()
+                for name, count in outcome.plan.listing_counts.items()}
+
+    @property
+    def added_labels(self) -> dict[str, list[str]]:
+        """Per modality, the labels the base snapshot did not have; only modalities that gained some."""
+        return {modality: outcome.added_labels for modality, outcome in self.outcomes.items()
+                if outcome.added_labels}
 
     def empty_modalities(self) -> list[str]:
-        """The modalities of which not one file became an example."""
-        return [modality for modality, manifest in self.manifests.items()
-                if not any(split.num_examples for split in manifest.splits.values())]
+        """The modalities whose current snapshot holds not one example."""
+        return [modality for modality, outcome in self.outcomes.items() if outcome.conflict is None and not (
+            outcome.manifest and any(split.num_examples for split in outcome.manifest.splits.values()))]
+
+    def conflicts(self) -> list[str]:
+        return [outcome.conflict for outcome in self.outcomes.values() if outcome.conflict]
 
 
-def summarize(settings: Settings, result, *, previous_labels: dict[str, tuple[str, ...]]) -> PreprocessSummary:
-    manifest_paths = {modality: manifest_path(settings.dataset_dir(modality)) for modality in settings.roots}
-    errors_file = errors_path(settings.output_dir)
-    counters = {
-        counter.key.metric.name: counter.committed if counter.committed is not None else counter.attempted
-        for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
-    manifests = {modality: DatasetManifest.from_json(read_text(path)) for modality, path in manifest_paths.items()}
-    return PreprocessSummary(
-        output_dir=settings.output_dir, manifests=manifests, manifest_paths=manifest_paths, errors_path=errors_file,
-        error_rows=[json.loads(line) for line in read_text(errors_file).splitlines()],
-        counters=counters, result=result,
-        added_labels={modality: manifest.labels[len(previous_labels[modality]):]
-                      for modality, manifest in manifests.items() if previous_labels.get(modality)})
+def _count(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[name]} {name}" for name in ("new", "changed", "removed", "reused"))
+
+
+def format_outcome(modality: str, outcome: ModalityOutcome) -> list[str]:
+    plan, manifest = outcome.plan, outcome.manifest
+    listing = plan.listing_counts
+    files = (f"{listing['input_files']} input files; skipped {listing['skipped_files']} files in _ folders, "
+             f"ignored {listing['ignored_files']} files of other types")
+    if outcome.conflict:
+        return [f"{modality}: {files}", f"error: {outcome.conflict}"]
+    if not outcome.committed:
+        return [f"{modality}: nothing to do: {listing['input_files']} input files unchanged since "
+                f"{manifest.describe()}; committed nothing"]
+    examples = sum(split.num_examples for split in manifest.splits.values())
+    how = (f"full ingest ({plan.full_reason})" if plan.full_reason else
+           "compacted into one span" if plan.compact else f"{len(plan.kept_spans)} spans kept")
+    lines = [f"{modality}: committed snapshot {manifest.snapshot_id}: {examples} examples and {manifest.num_errors} "
+             f"errors from {files}",
+             f"  files: {_count(plan.counts)}; {how}; {len(plan.work)} files written to a new span"]
+    if outcome.added_labels:
+        first = len(plan.labels) - len(outcome.added_labels)
+        lines.append(f"  new labels, after the {first} the dataset had: " + ", ".join(
+            f"{label} ({index})" for index, label in enumerate(plan.labels[first:], start=first)))
+    for name in SPLITS:
+        split = manifest.splits[name]
+        labels = ", ".join(f"{label} {count}" for label, count in split.label_counts.items())
+        lines.append(f"  {name}: {split.num_examples} in {len(split.shards)} shards ({labels})")
+    if outcome.expired:
+        lines.append(f"  removed by retention: snapshots {', '.join(map(str, outcome.expired))}")
+    return lines
 
 
 def format_summary(summary: PreprocessSummary) -> str:
-    lines = [f"soundsight preprocessing wrote {summary.output_dir}"]
-    for modality, manifest in summary.manifests.items():
-        examples = sum(split.num_examples for split in manifest.splits.values())
-        lines.append(
-            f"{modality}: {examples} examples and {manifest.num_errors} errors from "
-            f"{summary.counters.get(f'{modality}_input_files', 0)} input files; "
-            f"skipped {summary.counters.get(f'{modality}_skipped_files', 0)} files in _ folders, "
-            f"ignored {summary.counters.get(f'{modality}_ignored_files', 0)} files of other types")
-        if summary.added_labels.get(modality):
-            first = len(manifest.labels) - len(summary.added_labels[modality])
-            lines.append(f"  new labels, after the {first} the dataset had: " + ", ".join(
-                f"{label} ({index})" for index, label in enumerate(manifest.labels[first:], start=first)))
-        for name in SPLITS:
-            split = manifest.splits[name]
-            labels = ", ".join(f"{label} {count}" for label, count in split.label_counts.items())
-            lines.append(f"  {name}: {split.num_examples} in {len(split.shards)} shards ({labels})")
-        lines.append(f"  manifest: {summary.manifest_paths[modality]}")
+    lines = [f"soundsight preprocessing of {summary.output_dir}"]
+    for modality, outcome in summary.outcomes.items():
+        lines += format_outcome(modality, outcome)
     lines.append(f"errors: {len(summary.error_rows)} rows in {summary.errors_path}")
     lines += [f"  {row['path']}: {row['reason']}" for row in summary.error_rows[:SUMMARY_ERROR_ROWS]]
     if len(summary.error_rows) > SUMMARY_ERROR_ROWS:

@@ -1,6 +1,6 @@
-"""Checks a dataset folder against its manifest: every shard's size, SHA-256, framing, CRCs and record count.
+"""Checks a snapshot of a dataset against its manifest: every shard's size, SHA-256, framing, CRCs and count.
 
-    python -m beam_jobs.verify OUT/audio
+    python -m beam_jobs.verify OUT/audio [--snapshot ID]
 
 Prints one line per bad shard (missing, another size or checksum, broken
 framing, another record count) and a verdict; exits 0 when every shard is as
@@ -15,10 +15,9 @@ console.quiet_beam_import()  # before the first import of Beam, below: see beam_
 
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from beam_jobs.dataset_layout import manifest_path  # noqa: E402
-from beam_jobs.input_files import read_text  # noqa: E402
 from beam_jobs.integrity import scan_shard  # noqa: E402
 from beam_jobs.manifest import DatasetManifest, ShardInfo  # noqa: E402
+from beam_jobs.snapshots import load  # noqa: E402
 
 
 def shard_problems(path: str, shard: ShardInfo, *, compression: str | None) -> list[str]:
@@ -38,9 +37,8 @@ def shard_problems(path: str, shard: ShardInfo, *, compression: str | None) -> l
     return problems
 
 
-def verify(dataset_dir: str) -> tuple[list[str], int, int]:
-    """(one line per bad shard, shards checked, records the manifest claims)."""
-    manifest = DatasetManifest.from_json(read_text(manifest_path(dataset_dir)))
+def verify(dataset_dir: str, manifest: DatasetManifest) -> tuple[list[str], int, int]:
+    """(one line per bad shard, shards checked, records the manifest claims) of the snapshot `manifest`."""
     bad, num_shards, num_records = [], 0, 0
     for split in manifest.splits.values():
         for shard in split.shards:
@@ -56,17 +54,21 @@ def verify(dataset_dir: str) -> tuple[list[str], int, int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.verify", description=__doc__.split("\n")[0])
     parser.add_argument("dataset_dir", help="a folder with dataset.json, e.g. OUT/audio (local or URL)")
+    parser.add_argument("--snapshot", type=int, metavar="ID", help="the snapshot to check; default: the current one")
     args = parser.parse_args(argv)
     dataset_dir = args.dataset_dir.rstrip("/")
-    if not FileSystems.exists(manifest_path(dataset_dir)):
-        parser.error(f"{manifest_path(dataset_dir)} not found: give a folder written by beam_jobs.preprocess")
-    bad, num_shards, num_records = verify(dataset_dir)
+    try:
+        manifest = load(dataset_dir, args.snapshot)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    bad, num_shards, num_records = verify(dataset_dir, manifest)
     for line in bad:
         print(line)
+    what = f"{manifest.describe()} of {dataset_dir}"
     if bad:
-        print(f"BAD: {len(bad)} of {num_shards} shards of {dataset_dir} differ from the manifest")
+        print(f"BAD: {len(bad)} of {num_shards} shards of {what} differ from its manifest")
         return 1
-    print(f"OK: {num_shards} shards, {num_records} records, as the manifest of {dataset_dir} says")
+    print(f"OK: {num_shards} shards, {num_records} records, as the manifest of {what} says")
     return 0
 
 

@@ -16,9 +16,12 @@ from PIL import Image
 
 from beam_jobs import preprocess
 from beam_jobs.config import SplitConfig
-from beam_jobs.dataset_layout import MANIFEST_NAME, TFDS_FEATURES_NAME, TFDS_INFO_NAME, TFDS_LABELS_NAME
+from beam_jobs.dataset_layout import (MANIFEST_NAME, SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME,
+                                      TFDS_FEATURES_NAME, TFDS_INFO_NAME, TFDS_LABELS_NAME)
 
-METADATA = {MANIFEST_NAME, TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}  # beside the shards
+TFDS_METADATA = {TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}
+SPAN_METADATA = {SPAN_MANIFEST_NAME, SPAN_FILES_NAME, SPAN_ERRORS_NAME}  # beside a span's shards, with TFDS'
+DATASET_FOLDER = {MANIFEST_NAME, "snapshots", "spans"}
 from beam_jobs.features import FEATURES
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.splits import SPLITS, SplitRule
@@ -192,29 +195,53 @@ def test_manifest_describes_the_dataset_and_lists_exactly_the_shards(base_run, t
                                                     for label in audio.labels}, split
     assert len(audio.splits["train"].shards) > 1, "--shard_size_mb 0.1 should give several train shards"
     for manifest in (audio, image):
-        folder = pathlib.Path(base_run.output_dir) / manifest.modality
-        listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
-        assert {path.name for path in folder.iterdir()} == listed | METADATA
+        assert_holds_exactly_the_listed_files(pathlib.Path(base_run.output_dir) / manifest.modality, manifest)
     summary = preprocess.format_summary(base_run)
-    assert "audio: 12 examples and 4 errors from 16 input files" in summary
+    assert "audio: committed snapshot 1: 12 examples and 4 errors from 16 input files" in summary
     assert "skipped 1 files in _ folders" in summary and "stray.wav: file is directly in the input root" in summary
 
 
-def without_created(manifest: DatasetManifest) -> dict:
-    return {**dataclasses.asdict(manifest), "created": None, "input_roots": None}
+def assert_holds_exactly_the_listed_files(folder: pathlib.Path, manifest: DatasetManifest):
+    """A dataset of one snapshot of one span: the span holds the manifest's shards and the span's metadata."""
+    assert {path.name for path in folder.iterdir()} == DATASET_FOLDER
+    [span] = manifest.spans
+    listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
+    metadata = SPAN_METADATA | (TFDS_METADATA if manifest.compression is None else set())
+    assert {f"spans/{span}/{path.name}" for path in (folder / "spans" / span).iterdir()} == listed | {
+        f"spans/{span}/{name}" for name in metadata}
+
+
+def without_run(manifest: DatasetManifest) -> dict:
+    """The manifest without what differs from run to run: its time, run id and span names, its shards' folder."""
+    fields = dataclasses.asdict(manifest)
+    for split in fields["splits"].values():
+        for shard in split["shards"]:
+            shard["path"] = shard["path"].rsplit("/", 1)[-1]
+    return {**fields, "created": None, "input_roots": None, "run_id": None, "spans": None}
+
+
+def only_span(output_dir: pathlib.Path, modality: str) -> pathlib.Path:
+    [span] = (output_dir / modality / "spans").iterdir()
+    return span
 
 
 def assert_same_dataset(first: pathlib.Path, second: pathlib.Path, *, second_gzipped: bool = False):
-    """The same shards (gzipped in `second`, where TFDS' metadata is then absent) and the same errors."""
+    """The same shards (gzipped in `second`, where TFDS' metadata is then absent), file index and errors."""
     for modality in ("audio", "image"):
-        names = sorted(path.name for path in (first / modality).iterdir() if path.name not in METADATA)
+        first_span, second_span = only_span(first, modality), only_span(second, modality)
+        names = sorted(path.name for path in first_span.iterdir() if ".tfrecord" in path.name)
         expected = [name.replace(".tfrecord-", ".tfrecord.gz-") if second_gzipped else name for name in names]
-        assert sorted(path.name for path in (second / modality).iterdir()) == sorted(
-            expected + [MANIFEST_NAME] + ([] if second_gzipped else sorted(METADATA - {MANIFEST_NAME})))
+        assert sorted(path.name for path in second_span.iterdir() if ".tfrecord" in path.name) == sorted(expected)
         for name, other in zip(names, expected):
-            data = (second / modality / other).read_bytes()
-            expected_bytes = (first / modality / name).read_bytes()
+            data = (second_span / other).read_bytes()
+            expected_bytes = (first_span / name).read_bytes()
             assert (gzip.decompress(data) if second_gzipped else data) == expected_bytes, name
+        for name in (SPAN_FILES_NAME, SPAN_ERRORS_NAME):
+            # The rows of files.jsonl name their shards; their offsets are in the uncompressed stream.
+            expected_text = (first_span / name).read_text()
+            if second_gzipped:
+                expected_text = expected_text.replace(".tfrecord-", ".tfrecord.gz-")
+            assert (second_span / name).read_text() == expected_text, name
     assert (first / "errors.jsonl").read_bytes() == (second / "errors.jsonl").read_bytes()
 
 
@@ -223,7 +250,7 @@ def test_two_worker_processes_write_byte_identical_shards(base_run, tree, tmp_pa
 
     assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path)
     for modality, manifest in summary.manifests.items():
-        assert without_created(manifest) == without_created(base_run.manifests[modality])
+        assert without_run(manifest) == without_run(base_run.manifests[modality])
 
 
 def read_with_tf_data(manifest_path: str) -> list[list]:
@@ -289,19 +316,28 @@ def test_gzip_shards_tf_data_and_the_tfrecord_package_read_the_same_examples(bas
             assert tf_free["read"][run.manifest_paths[modality]] == [row[:2] for row in expected]
 
 
-def test_rerun_with_other_shard_count_leaves_no_stale_shards(base_run, tree, tmp_path, runner_flags):
+def test_a_dataset_written_before_snapshots_becomes_snapshot_1_and_loses_its_old_files(base_run, tmp_path,
+                                                                                         tree, runner_flags):
     output_dir = tmp_path / "out"
-    shutil.copytree(base_run.output_dir, output_dir)
-    (output_dir / "audio" / ".tmp-train-00009.tfrecord").write_bytes(b"left by a crashed run")
-    (output_dir / "audio" / "train-00000-of-00004.tfrecord").write_bytes(b"a shard named as before TFDS naming")
+    audio = output_dir / "audio"
+    audio.mkdir(parents=True)
+    # What the pipeline left before snapshots: the manifest beside its shards, TFDS metadata, debris.
+    old = dataclasses.replace(base_run.manifests["audio"], labels=["yes", "no", "up"], snapshot_id=None, spans=[],
+                              changes={}, run_id=None)
+    (audio / MANIFEST_NAME).write_text(old.to_json())
+    for name in ("soundsight_audio-train.tfrecord-00000-of-00001", "train-00000-of-00004.tfrecord",
+                 ".tmp-train-00009.tfrecord", *TFDS_METADATA):
+        (audio / name).write_bytes(b"left by the pipeline before snapshots")
 
     summary = run_pipeline(tree, output_dir, "--num_shards=3", *runner_flags["in_memory"], modalities=("audio",))
 
     manifest = summary.manifests["audio"]
-    listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
-    assert {path.name for path in (output_dir / "audio").iterdir()} == listed | METADATA
-    assert {shard.path for shard in manifest.splits["train"].shards} == {
-        f"soundsight_audio-train.tfrecord-0000{index}-of-00003" for index in range(3)}
+    assert (manifest.snapshot_id, manifest.parent_snapshot) == (1, None)
+    assert "full ingest (the dataset predates snapshots)" in preprocess.format_summary(summary)
+    assert manifest.labels == ["yes", "no", "up"], "the labels of the old dataset keep their indices"
+    assert_holds_exactly_the_listed_files(audio, manifest)
+    assert [shard.path.rsplit("/", 1)[-1] for shard in manifest.splits["train"].shards] == [
+        f"soundsight_audio-train.tfrecord-0000{index}-of-00003" for index in range(3)]
     assert sum(split.num_examples for split in manifest.splits.values()) == 12
 
 

@@ -1,9 +1,10 @@
-"""TestPipeline tests of the transforms: matching and labelling, assigning shards, featurizing into shards."""
+"""Tests of the pipeline's parts: listing and labelling, assigning shards, featurizing into shards (TestPipeline)."""
 import collections
 import gzip
 import hashlib
 import json
 import math
+import pathlib
 import posixpath
 
 import apache_beam as beam
@@ -11,24 +12,23 @@ import numpy as np
 import pytest
 from PIL import Image
 from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 
-from beam_jobs.assign import AssignShards, ReadSplitLists, _key_by_part, read_split_lists_of_roots
+from beam_jobs.assign import key_by_part
 from beam_jobs.audio import AUDIO, AudioConfig
 from beam_jobs.config import SplitConfig
-from beam_jobs.counters import METRICS_NAMESPACE
 from beam_jobs.error_rows import write_error_rows
 from beam_jobs.examples import encode_example
 from beam_jobs.featurize import FeaturizePart
 from beam_jobs.image import IMAGE, ImageConfig
-from beam_jobs.input_files import InputFile, InputFileCoder, MatchInputFiles, read_at_most
-from beam_jobs.input_tree import class_folder, classify, join_root, relative_to_root
-from beam_jobs.labels import ComputeVocabulary
+from beam_jobs.input_files import read_at_most, read_text_if_present
+from beam_jobs.input_tree import class_folder, classify, join_root, read_split_lists, relative_to_root
+from beam_jobs.labels import extend_labels, index_labels
+from beam_jobs.plan import list_input_files
 from beam_jobs.records import ErrorRow
-from beam_jobs.sharding import (ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
+from beam_jobs.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import SplitRule
 
@@ -58,7 +58,6 @@ def test_relative_paths_labels_and_kinds():
     assert classify("validation_list.txt", extensions=AUDIO_EXTENSIONS) == "ignored"
     for path, root in (("/data/speech/yes/a.wav", "/data/speech"), ("gs://b/s/yes/a.wav", "gs://b/s/")):
         assert join_root(root, relative_to_root(path, root)) == path
-    assert InputFile(1, "yes/a.wav", 3).path(("/r", "gs://b/s")) == "gs://b/s/yes/a.wav"
 
 
 def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
@@ -75,70 +74,41 @@ def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
     assert read_at_most(str(path), limit=100, expected_bytes=0) == b""
 
 
-def test_file_references_are_shuffled_with_a_compact_coder(pipeline):
-    split_lists = pipeline | "SplitLists" >> beam.Create([{}])
-    keyed = (pipeline
-             | beam.Create([InputFile(0, "yes/a.wav", 1)])
-             | AssignShards(split_config=SplitConfig(), split_lists=split_lists, record_bytes=100,
-                            shard_bytes=1000, fixed_num_shards=None))
-    coder = beam.coders.registry.get_coder(keyed.element_type)
-    assert isinstance(coder, beam.coders.TupleCoder), coder
-    assert isinstance(coder.coders()[1], InputFileCoder), coder
-    # The grouping key (split, shard, part) and the reference: root index, relative path, size; nothing pickled.
-    element = (("validation", 0, 0), InputFile(1, "yes/a_nohash_0.wav", 32044))
-    decoded = coder.decode(coder.encode(element))
-    assert decoded == element and type(decoded[1]) is InputFile
-    assert decoded[1].path(("/data/other", "/data/speech")) == "/data/speech/yes/a_nohash_0.wav"
-    # The two strings, their two length bytes, and varints: shard 0, part 0, root 1, size 32044 (3 bytes).
-    assert len(coder.encode(element)) == len("validation") + len("yes/a_nohash_0.wav") + 8
+def work_line(root: int, path: str, size: int, split: str = "train", **extra) -> str:
+    """A work item of the plan, as the pipeline reads it."""
+    return json.dumps({"root": root, "path": path, "size": size, "mtime": 1.5, "split": split, **extra})
 
 
-def test_match_input_files_keeps_inputs_of_every_root_and_counts_the_rest(tmp_path, pipeline):
+def test_listing_keeps_inputs_of_every_root_gives_splits_and_counts_the_rest(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for relative in ("yes/a.wav", "yes/sub/b.WAV", "no/c.wav", "root.wav", "_background_noise_/n.wav",
                      "yes/_old/d.wav", "README.txt", "yes/notes.txt"):
         write(first / relative, b"x")
+    write(first / "validation_list.txt", b"yes/a.wav\n\n")
+    write(first / "testing_list.txt", b"no/c.wav\n")
     write(second / "up/e.wav", b"xy")
+    split_config = SplitConfig()
 
-    input_files = pipeline | MatchInputFiles(modality="audio", roots=(str(first), str(second)),
-                                             extensions=AUDIO_EXTENSIONS)
+    listed, counts = list_input_files((str(first), str(second)), extensions=AUDIO_EXTENSIONS,
+                                      split_config=split_config)
 
-    assert_that(input_files, equal_to([
-        InputFile(0, "yes/a.wav", 1),
-        InputFile(0, "yes/sub/b.WAV", 1),
-        InputFile(0, "no/c.wav", 1),
-        InputFile(0, "root.wav", 1),
-        InputFile(1, "up/e.wav", 2),
-    ]))
-    result = pipeline.run()
-    counters = {counter.key.metric.name: counter.committed for counter in
-                result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
-    assert counters == {"audio_input_files": 5, "audio_skipped_files": 2, "audio_ignored_files": 2}
-
-
-def test_vocabulary_indexes_the_sorted_class_folders(pipeline):
-    input_files = [InputFile(0, relative, 1)
-                   for relative in ("yes/a.wav", "no/b.wav", "yes/c.wav", "up/x/d.wav", "root.wav")]
-
-    vocabulary = pipeline | beam.Create(input_files) | ComputeVocabulary()
-
-    assert_that(vocabulary, equal_to([{"no": 0, "up": 1, "yes": 2}]))
-    pipeline.run()
+    hashed = SplitRule(config=split_config, listed={})
+    assert sorted((f.root_index, f.relative_path, f.size_bytes, f.split) for f in listed) == sorted([
+        (0, "yes/a.wav", 1, "validation"),  # the lists of the file's own root decide
+        (0, "yes/sub/b.WAV", 1, "train"),  # a root with lists: files in none are train
+        (0, "no/c.wav", 1, "test"),
+        (0, "root.wav", 1, "train"),
+        (1, "up/e.wav", 2, hashed.split_of("up/e.wav")),  # a root without lists: hash bands
+    ])
+    assert all(f.mtime == (first if f.root_index == 0 else second).joinpath(f.relative_path).stat().st_mtime
+               for f in listed)
+    assert counts == {"input_files": 5, "skipped_files": 2, "ignored_files": 4}
 
 
-def test_split_lists_are_read_per_root(tmp_path, pipeline):
-    with_lists, without_lists = tmp_path / "a", tmp_path / "b"
-    write(with_lists / "validation_list.txt", b"yes/1.wav\nno/2.wav\n\n")
-    write(with_lists / "testing_list.txt", b"up/3.wav\n")
-    without_lists.mkdir()
-
-    split_lists = pipeline | ReadSplitLists(roots=(str(with_lists), str(without_lists)))
-
-    assert_that(split_lists, equal_to([{
-        0: {"yes/1.wav": "validation", "no/2.wav": "validation", "up/3.wav": "test"},
-        1: {},
-    }]))
-    pipeline.run()
+def test_vocabulary_indexes_the_sorted_class_folders_and_only_grows():
+    assert index_labels(extend_labels((), {"yes", "no", "up"})) == {"no": 0, "up": 1, "yes": 2}
+    # A re-ingest keeps the labels it had at their indices, even one without files, and appends new ones.
+    assert extend_labels(("yes", "no"), {"up", "yes", "down"}) == ["yes", "no", "down", "up"]
 
 
 def test_a_file_in_two_split_lists_fails_loudly(tmp_path):
@@ -146,7 +116,7 @@ def test_a_file_in_two_split_lists_fails_loudly(tmp_path):
     write(tmp_path / "testing_list.txt", b"yes/1.wav\n")
 
     with pytest.raises(ValueError, match="yes/1.wav is listed in more than one split list"):
-        read_split_lists_of_roots((str(tmp_path),))
+        read_split_lists(str(tmp_path), read_text=read_text_if_present)
 
 
 def in_path_hash_order(paths) -> list[str]:
@@ -168,19 +138,19 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
     }
     for relative, data in files.items():
         write(tmp_path / "in" / relative, data)
-    input_files = [InputFile(1, relative, len(data)) for relative, data in files.items()]
+    items = [work_line(1, relative, len(data), "test") for relative, data in files.items()]
     # The listing says this one is huge: it must be rejected without being read.
-    input_files.append(InputFile(1, "yes/good.wav", 10**12))
+    items.append(work_line(1, "yes/good.wav", 10**12, "test"))
+    # An error carried from an earlier span: its file is not read again.
+    items.append(work_line(1, "no/gone.wav", 7, "test", error="carried reason"))
     config = AudioConfig(max_file_bytes=10**6)
-    bad_only = [input_file for input_file in input_files if input_file.relative_path == "no/empty.wav"]
+    bad_only = [work_line(1, "no/empty.wav", 0)]
 
-    vocabulary = pipeline | "Vocabulary" >> beam.Create([{"no": 0, "yes": 1}])
     outputs = (pipeline
-               | beam.Create([(("test", 2, 1), input_files), (("train", 0, 0), bad_only)])
-               | beam.ParDo(FeaturizePart(spec=AUDIO, config=config, dataset_dir=str(out),
-                                          roots=(str(tmp_path / "elsewhere"), root),
-                                          progress_dir=str(tmp_path / "progress")),
-                            vocabulary=beam.pvalue.AsSingleton(vocabulary)
+               | beam.Create([(("test", 2, 1), items), (("train", 0, 0), bad_only)])
+               | beam.ParDo(FeaturizePart(spec=AUDIO, config=config, dataset_dir=str(out), temp_dir=str(out / "tmp"),
+                                          roots=(str(tmp_path / "elsewhere"), root), vocabulary={"no": 0, "yes": 1},
+                                          progress_dir=str(tmp_path / "progress"))
                             ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
 
     def check_shard_parts(shard_parts):
@@ -188,26 +158,74 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
         assert isinstance(shard_part, ShardPart)
         assert (shard_part.split, shard_part.index, shard_part.part, shard_part.num_examples,
                 shard_part.label_counts) == ("test", 2, 1, 2, {"no": 1, "yes": 1})
-        decoded = [example_decoder(record) for record in read_framed_records(shard_part.temp_path)]
+        records = read_framed_records(shard_part.temp_path)
+        decoded = [example_decoder(record) for record in records]
         assert [fields["path"] for fields in decoded] == in_path_hash_order(["no/also_good.wav", "yes/good.wav"])
+        # Each record's row: its file, label, where its frame starts in the part and its length.
+        assert [row[:6] for row in shard_part.rows] == [
+            (1, path, len(files[path]), 1.5, "test", path.split("/")[0]) for path in in_path_hash_order(
+                ["no/also_good.wav", "yes/good.wav"])]
+        assert [row[6:] for row in shard_part.rows] == [(0, len(records[0])), (len(records[0]) + 16, len(records[1]))]
+        assert shard_part.num_bytes == sum(len(record) + 16 for record in records)
         for fields in decoded:
             label_name = fields["path"].split("/")[0]
             assert (fields["id"], fields["label_name"], fields["label"], fields["split"], fields["shape"]) == (
                 hashlib.sha256(files[fields["path"]]).hexdigest(), label_name, {"no": 0, "yes": 1}[label_name],
                 "test", list(config.feature_shape))
 
-    def check_errors(rows):
-        reasons = {posixpath.basename(row.path): row.reason for row in rows}
-        assert len(rows) == 7 and all(row.modality == "audio" and row.root == root for row in rows)
+    def check_errors(lines):
+        rows = [json.loads(line) for line in lines]
+        reasons = {posixpath.basename(row["path"]): row["reason"] for row in rows}
+        assert len(rows) == 8 and all(row["root"] == 1 and row["mtime"] == 1.5 for row in rows)
         for name, expected in {"truncated.wav": "truncated", "empty.wav": "empty", "text.wav": "not a readable",
                                "root.wav": "directly in the input root", "unknown_label.wav": "not in the fixed",
-                               "good.wav": "over the limit"}.items():
+                               "good.wav": "over the limit", "gone.wav": "carried reason"}.items():
             assert expected in reasons[name], f"{name}: {reasons[name]!r} lacks {expected!r}"
 
     assert_that(outputs.shard_parts, check_shard_parts, label="CheckShardParts")
     assert_that(outputs[FeaturizePart.ERRORS], check_errors, label="CheckErrors")
     pipeline.run()
-    assert [path.name for path in out.iterdir()] == [".tmp-test-00002-part-00001.tfrecord"]
+    [part_file] = (out / "tmp").iterdir()
+    assert part_file.name.startswith("part-test-00002-00001-"), part_file.name
+
+
+def test_featurize_part_copies_records_of_earlier_spans_by_offset_and_checks_them(tmp_path, pipeline):
+    dataset = tmp_path / "dataset"
+    records = [b"first record", b"second", b"third one"]
+    with PartWriter(temp_dir=str(dataset / "spans" / "old"), split="train", index=0, part=0) as writer:
+        for index, record in enumerate(records):
+            writer.write(record, label_name="yes", file_row=(0, f"yes/{index}.wav", 5, 1.5, "train"))
+    old_shard = pathlib.Path(writer.shard_part.temp_path)
+    shard = f"spans/old/{old_shard.name}"
+    items = [work_line(0, f"yes/{index}.wav", 5, copy={"shard": shard, "offset": offset, "length": length,
+                                                          "label": "yes"})
+             for index, (*_, offset, length) in enumerate(writer.shard_part.rows)]
+
+    parts = (pipeline
+             | beam.Create([(("train", 0, 0), items)])
+             | beam.ParDo(FeaturizePart(spec=AUDIO, config=AudioConfig(), dataset_dir=str(dataset),
+                                        temp_dir=str(tmp_path / "tmp"), roots=(str(tmp_path / "nowhere"),),
+                                        vocabulary={"yes": 0}, progress_dir=str(tmp_path / "progress"))))
+
+    def check(shard_parts):
+        [part] = shard_parts
+        assert sorted(read_framed_records(part.temp_path)) == sorted(records)  # in shard order, not listing order
+        assert part.label_counts == {"yes": 3}
+
+    assert_that(parts, check)
+    pipeline.run()
+    # A record that is not what the index says (the shard changed under it) fails the run, naming the shard.
+    data = bytearray(old_shard.read_bytes())
+    data[14] ^= 1
+    old_shard.write_bytes(bytes(data))
+    broken = BeamTestPipeline(options=pipeline.options)
+    _ = (broken
+         | beam.Create([(("train", 0, 0), items[:1])])
+         | beam.ParDo(FeaturizePart(spec=AUDIO, config=AudioConfig(), dataset_dir=str(dataset),
+                                    temp_dir=str(tmp_path / "tmp"), roots=(str(tmp_path / "nowhere"),),
+                                    vocabulary={"yes": 0}, progress_dir=str(tmp_path / "progress"))))
+    with pytest.raises(Exception, match=f"{old_shard.name}: the record at byte 0 is not the 12-byte record"):
+        broken.run()
 
 
 def test_shard_and_part_counts_and_indices():
@@ -227,12 +245,12 @@ def test_shard_and_part_counts_and_indices():
     # Parts are ranges of the hash, so concatenating them in order keeps a shard in path-hash order.
     parts_in_order = [part_index(path, num_parts=5) for path in in_path_hash_order(paths)]
     assert parts_in_order == sorted(parts_in_order)
-    input_file = InputFile(0, "yes/a.wav", 1)
-    key, value = _key_by_part(("train", input_file), {"train": 4}, record_bytes=100, shard_bytes=200,
-                              fixed_num_shards=None, part_bytes=50, part_files=1000)
-    assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), input_file)
-    key, _ = _key_by_part(("train", input_file), {"train": 4}, record_bytes=1, shard_bytes=200,
-                          fixed_num_shards=None, part_bytes=50, part_files=1)
+    line = work_line(0, "yes/a.wav", 1)
+    key, value = key_by_part(line, files_per_split={"train": 4}, record_bytes=100, shard_bytes=200,
+                             fixed_num_shards=None, part_bytes=50, part_files=1000)
+    assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), line)
+    key, _ = key_by_part(line, files_per_split={"train": 4}, record_bytes=1, shard_bytes=200,
+                         fixed_num_shards=None, part_bytes=50, part_files=1)
     assert key == ("train", 0, part_index("yes/a.wav", num_parts=4)), "one file per part"
 
 
@@ -245,33 +263,24 @@ def test_record_bytes_is_the_size_of_a_framed_record():
     assert abs(record_bytes(IMAGE, feature_shape=(28, 28, 1)) - (len(real) + 16)) < 64
 
 
-def test_shards_are_assigned_from_the_paths_and_the_number_of_files_per_split(pipeline):
-    input_files = [InputFile(0, f"yes/{index}.wav", 1) for index in range(50)]
-    listed = {"yes/0.wav": "validation"}
+def test_shards_are_assigned_from_the_split_the_path_and_the_number_of_files_per_split():
     split_config = SplitConfig(test_percent=50)
-    split_lists = pipeline | "SplitLists" >> beam.Create([{0: listed}])
+    rule = SplitRule(config=split_config, listed={"yes/0.wav": "validation"})
+    lines = [work_line(0, f"yes/{index}.wav", 1, rule.split_of(f"yes/{index}.wav")) for index in range(50)]
+    files_per_split = collections.Counter(json.loads(line)["split"] for line in lines)
+    assert files_per_split["validation"] == 1 and set(files_per_split) == {"train", "validation", "test"}
 
-    keyed = (pipeline
-             | beam.Create(input_files)
-             | AssignShards(split_config=split_config, split_lists=split_lists, record_bytes=100,
-                            shard_bytes=1000, fixed_num_shards=None, part_bytes=300))
+    pairs = [key_by_part(line, files_per_split=files_per_split, record_bytes=100, shard_bytes=1000,
+                         fixed_num_shards=None, part_bytes=300) for line in lines]
 
-    def check(pairs):
-        assert sorted(input_file for _, input_file in pairs) == sorted(input_files)
-        splits = {input_file.relative_path: split for (split, _, _), input_file in pairs}
-        assert splits == {path: SplitRule(config=split_config, listed=listed).split_of(path) for path in splits}
-        files_per_split = collections.Counter(splits.values())
-        assert files_per_split["validation"] == 1 and set(files_per_split) == {"train", "validation", "test"}
-        for (split, index, part), input_file in pairs:
-            num_shards = math.ceil(files_per_split[split] * 100 / 1000)
-            num_parts = math.ceil(files_per_split[split] * 100 / num_shards / 300)
-            assert index == shard_index(input_file.relative_path, num_shards=num_shards), input_file
-            assert part == part_index(input_file.relative_path, num_parts=num_parts), input_file
-        assert len({key[:2] for key, _ in pairs if key[0] == "test"}) > 1, "the test split should span shards"
-        assert len({key for key, _ in pairs if key[:2] == ("test", 0)}) > 1, "a test shard should span parts"
-
-    assert_that(keyed, check)
-    pipeline.run()
+    for (split, index, part), line in pairs:
+        relative_path = json.loads(line)["path"]
+        num_shards = math.ceil(files_per_split[split] * 100 / 1000)
+        num_parts = math.ceil(files_per_split[split] * 100 / num_shards / 300)
+        assert (split, index, part) == (json.loads(line)["split"], shard_index(relative_path, num_shards=num_shards),
+                                        part_index(relative_path, num_parts=num_parts)), line
+    assert len({key[:2] for key, _ in pairs if key[0] == "test"}) > 1, "the test split should span shards"
+    assert len({key for key, _ in pairs if key[:2] == ("test", 0)}) > 1, "a test shard should span parts"
 
 
 def read_framed_records(path) -> list[bytes]:
@@ -293,44 +302,45 @@ def test_error_rows_file_is_sorted_and_exists_when_empty(tmp_path):
     assert [json.loads(line)["path"] for line in lines] == ["/r/a.wav", "/r/b.png"]
     assert json.loads(lines[0]) == {"path": "/r/a.wav", "root": "/r", "modality": "audio", "reason": "empty file"}
     assert (tmp_path / "none.jsonl").read_text() == ""
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_parts(
         tmp_path, pipeline, make_image, example_decoder):
     rng = np.random.default_rng(3)
-    input_files = []
+    lines, relative_paths = [], []
     for index in range(30):
         relative = f"label{index % 3}/{index}.png"
         data = make_image(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), "PNG")
         write(tmp_path / relative, data)
-        input_files.append(InputFile(0, relative, len(data)))
+        lines.append(work_line(0, relative, len(data)))
+        relative_paths.append(relative)
     # 30 files of 1000 bytes in one shard: parts of 10**9 bytes make one part, parts of 8000 bytes four.
-    runs = {"forward": (input_files, 10**9), "backward": (input_files[::-1], 10**9), "parts": (input_files, 8000)}
+    runs = {"forward": (lines, 10**9), "backward": (lines[::-1], 10**9), "parts": (lines, 8000)}
+    shards = {}
     for name, (ordered, part_bytes) in runs.items():
         p = BeamTestPipeline(options=pipeline.options)
-        vocabulary = p | "Vocabulary" >> beam.Create([{"label0": 0, "label1": 1, "label2": 2}])
-        split_lists = p | "SplitLists" >> beam.Create([{}])
+        temp_dir = tmp_path / name
         shard_files = (p
                        | beam.Create(ordered)
-                       | AssignShards(split_config=SplitConfig(validation_percent=0, test_percent=0),
-                                      split_lists=split_lists, record_bytes=1000, shard_bytes=10**9,
-                                      fixed_num_shards=None, part_bytes=part_bytes)
+                       | beam.Map(key_by_part, files_per_split={"train": 30}, record_bytes=1000, shard_bytes=10**9,
+                                  fixed_num_shards=None, part_bytes=part_bytes)
                        | beam.GroupByKey()
-                       | beam.ParDo(FeaturizePart(spec=IMAGE, config=ImageConfig(),
-                                                  dataset_dir=str(tmp_path / name), roots=(str(tmp_path),),
-                                                  progress_dir=str(tmp_path / "progress")),
-                                    vocabulary=beam.pvalue.AsSingleton(vocabulary))
-                       | WriteShards(dataset_dir=str(tmp_path / name), compression=None))
-        assert_that(shard_files, checked_shard_files([("train", 0, str(tmp_path / name / ".tmp-train-00000.tfrecord"),
-                                                       30, {"label0": 10, "label1": 10, "label2": 10})]))
+                       | beam.ParDo(FeaturizePart(spec=IMAGE, config=ImageConfig(), dataset_dir=str(tmp_path),
+                                                  temp_dir=str(temp_dir), roots=(str(tmp_path),),
+                                                  vocabulary={"label0": 0, "label1": 1, "label2": 2},
+                                                  progress_dir=str(tmp_path / "progress")))
+                       | WriteShards(temp_dir=str(temp_dir), compression=None))
+        assert_that(shard_files, checked_shard_files(
+            [("train", 0, 30, {"label0": 10, "label1": 10, "label2": 10})], temp_dir=temp_dir))
         p.run()
-    assert len(list((tmp_path / "parts").glob(".tmp-train-00000-part-*.tfrecord"))) == 4
-    shard_name = ".tmp-train-00000.tfrecord"
-    shard = (tmp_path / "forward" / shard_name).read_bytes()
-    assert (tmp_path / "backward" / shard_name).read_bytes() == shard == (tmp_path / "parts" / shard_name).read_bytes()
-    paths = [example_decoder(record)["path"] for record in read_framed_records(tmp_path / "parts" / shard_name)]
-    assert paths == in_path_hash_order(f.relative_path for f in input_files)
+        [shard_path] = temp_dir.glob("shard-train-00000-*.tfrecord")
+        shards[name] = shard_path.read_bytes()
+    assert len(list((tmp_path / "parts").glob("part-train-00000-*.tfrecord"))) == 4
+    assert shards["forward"] == shards["backward"] == shards["parts"]
+    [shard_path] = (tmp_path / "parts").glob("shard-train-00000-*.tfrecord")
+    paths = [example_decoder(record)["path"] for record in read_framed_records(shard_path)]
+    assert paths == in_path_hash_order(relative_paths)
 
 
 def test_write_shards_concatenates_parts_in_order_and_gzips(tmp_path, pipeline):
@@ -340,15 +350,26 @@ def test_write_shards_concatenates_parts_in_order_and_gzips(tmp_path, pipeline):
         with open(temp_path, "wb") as handle:
             for record in records:
                 _TFRecordUtil.write_record(handle, record)
-        parts.append(ShardPart("train", 3, part, str(temp_path), len(records), {"x": len(records) - 1, "y": 1}))
+        offsets = [sum(len(earlier) + 16 for earlier in records[:index]) for index in range(len(records))]
+        rows = [(0, f"{part}/{index}", 1, 1.5, "train", "x", offset, len(record))
+                for index, (offset, record) in enumerate(zip(offsets, records))]
+        parts.append(ShardPart("train", 3, part, str(temp_path), len(records), {"x": len(records) - 1, "y": 1},
+                               sum(len(record) + 16 for record in records), rows))
 
     shard_files = (pipeline
                    | beam.Create(parts[::-1])
-                   | WriteShards(dataset_dir=str(tmp_path / "out"), compression="GZIP"))
+                   | WriteShards(temp_dir=str(tmp_path / "out"), compression="GZIP"))
 
-    temp_path = str(tmp_path / "out" / ".tmp-train-00003.tfrecord.gz")
-    assert_that(shard_files, checked_shard_files([("train", 3, temp_path, 5, {"x": 2, "y": 3})]))
+    def check_rows(shard_files):
+        # The rows' offsets are now within the whole (uncompressed) shard.
+        [shard_file] = shard_files
+        assert [(row[1], row[6], row[7]) for row in shard_file.rows] == [
+            ("0/0", 0, 1), ("0/1", 17, 2), ("1/0", 35, 3), ("2/0", 54, 4), ("2/1", 74, 1)]
+
+    assert_that(shard_files, checked_shard_files([("train", 3, 5, {"x": 2, "y": 3})], temp_dir=tmp_path / "out"))
+    assert_that(shard_files, check_rows, label="CheckRows")
     pipeline.run()
+    [temp_path] = (tmp_path / "out").glob("shard-train-00003-*.tfrecord.gz")
     unpacked = tmp_path / "unpacked"
     unpacked.write_bytes(gzip.decompress(open(temp_path, "rb").read()))
     assert read_framed_records(unpacked) == [b"a", b"bb", b"ccc", b"dddd", b"e"]
@@ -359,19 +380,21 @@ def test_write_shards_refuses_a_shard_that_holds_fewer_records_than_its_parts_cl
     with open(temp_path, "wb") as handle:
         _TFRecordUtil.write_record(handle, b"only one")
     # What a runner that loses part of a write, or runs a bundle twice over one file, leaves behind.
-    claimed = ShardPart("train", 0, 0, str(temp_path), 2, {"x": 2})
+    claimed = ShardPart("train", 0, 0, str(temp_path), 2, {"x": 2}, 40, [])
 
-    _ = pipeline | beam.Create([claimed]) | WriteShards(dataset_dir=str(tmp_path / "out"), compression=None)
+    _ = pipeline | beam.Create([claimed]) | WriteShards(temp_dir=str(tmp_path / "out"), compression=None)
 
     with pytest.raises(Exception, match="holds 1 intact records where its parts wrote 2"):
         pipeline.run()
 
 
-def checked_shard_files(expected: list[tuple]):
-    """A matcher: ShardFiles with these first five fields, whose size and SHA-256 are those of their file."""
+def checked_shard_files(expected: list[tuple], *, temp_dir):
+    """A matcher: ShardFiles with these split, index, count and label counts, written in `temp_dir`,
+    whose size and SHA-256 are those of their file."""
     def check(shard_files):
-        assert sorted(tuple(shard_file[:5]) for shard_file in shard_files) == sorted(expected)
+        assert sorted((f.split, f.index, f.num_examples, f.label_counts) for f in shard_files) == sorted(expected)
         for shard_file in shard_files:
+            assert pathlib.Path(shard_file.temp_path).parent == pathlib.Path(temp_dir)
             data = open(shard_file.temp_path, "rb").read()
             assert (shard_file.num_bytes, shard_file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 

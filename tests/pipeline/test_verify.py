@@ -1,6 +1,7 @@
 """The manifest records every shard's size and SHA-256; `python -m beam_jobs.verify` checks a dataset against it."""
 import hashlib
 import pathlib
+import shutil
 
 import pytest
 
@@ -19,9 +20,7 @@ def dataset(request, tmp_path_factory, make_tone_tree, runner_flags) -> pathlib.
 
 def copy_of(dataset: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     copy = tmp_path / "audio"
-    copy.mkdir()
-    for path in dataset.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(dataset, copy)
     return copy
 
 
@@ -42,7 +41,7 @@ def test_an_intact_dataset_verifies(dataset, capsys):
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing"])
 def test_a_damaged_shard_is_named_with_what_is_wrong(dataset, tmp_path, capsys, damage):
     copy = copy_of(dataset, tmp_path)
-    shard = sorted(copy.glob("*-train.tfrecord*"))[0]
+    shard = sorted(copy.glob("spans/*/*-train.tfrecord*"))[0]
     data = bytearray(shard.read_bytes())
     if damage == "flipped byte":
         data[len(data) // 2] ^= 0xFF
