@@ -20,7 +20,8 @@ A snapshot's manifest lists its shards relative to OUT/<modality>, so a reader
 needs only the manifest it resolved. The shards are named as TensorFlow
 Datasets names them ({DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}), so that
 each span is also a TFDS dataset and a snapshot is
-`tfds.builder_from_directories(its spans)`.
+`tfds.builder_from_directories(its spans, newest first)` (TFDS takes the label
+names from the first folder, and labels only grow).
 
 The main job and the app keep their data in one folder, DATA:
 

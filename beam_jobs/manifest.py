@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from beam_jobs.dataset_layout import manifest_path, snapshot_path, tombstone_path
+from beam_jobs.dataset_layout import manifest_path, snapshot_path, span_dir, tombstone_path
 from beam_jobs.modalities import get as get_modality
 from beam_jobs.modality import Modality, PreviewPanel
 
@@ -77,6 +77,11 @@ class DatasetManifest:
     def describe(self) -> str:
         """"snapshot 3" or, before snapshots, "the dataset of <created>"."""
         return f"snapshot {self.snapshot_id}" if self.snapshot_id is not None else f"the dataset of {self.created}"
+
+    def span_dirs(self, dataset_dir: str) -> list[str]:
+        """The snapshot's span folders, newest first: `tfds.builder_from_directories` takes its features
+        (the label names) from the first, and labels only grow."""
+        return [span_dir(dataset_dir, span) for span in reversed(self.spans)]
 
     @property
     def spec(self) -> Modality:

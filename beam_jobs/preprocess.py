@@ -18,6 +18,7 @@ this module does not know are Beam pipeline options: the same command runs on
 Dataflow with --runner=DataflowRunner and gs:// roots and output. Exits 1 when a
 modality got no example at all, or when another run committed first.
 """
+import dataclasses
 import datetime
 import json
 import logging
@@ -36,13 +37,13 @@ from beam_jobs.dataset_layout import LEGACY_PATTERNS, errors_path, run_temp_dir,
 from beam_jobs.error_rows import write_error_rows  # noqa: E402
 from beam_jobs.failpoints import pause_if_asked  # noqa: E402
 from beam_jobs.input_tree import join_root  # noqa: E402
-from beam_jobs.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.pipeline import SpanJob, build_pipeline, manifest_template  # noqa: E402
 from beam_jobs.plan import ModalityPlan, list_input_files, make_plan, read_base_index  # noqa: E402
 from beam_jobs.progress import ProgressLine, write_matched_count  # noqa: E402
 from beam_jobs.records import ErrorRow  # noqa: E402
 from beam_jobs.runners import with_default_runner  # noqa: E402
-from beam_jobs.runs import clean_debris, new_run_id, release_lease, take_lease  # noqa: E402
+from beam_jobs.runs import (clean_debris, new_run_id, release_lease, snapshots_in_use, take_lease,  # noqa: E402
+                            write_lease)
 from beam_jobs.settings import Settings, parse_settings  # noqa: E402
 from beam_jobs.storage import delete_tree, write_atomically  # noqa: E402
 from beam_jobs.summary import ModalityOutcome, PreprocessSummary, format_summary  # noqa: E402
@@ -59,11 +60,15 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
     output_dir = settings.output_dir
-    take_lease(output_dir, run_id)
+    lease = take_lease(output_dir, run_id)
     try:
         clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
                      committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
         plans = {modality: plan_modality(settings, modality) for modality in settings.roots}
+        # Said before the pipeline starts, so that another run's retention keeps what this one copies from.
+        write_lease(output_dir, dataclasses.replace(lease, bases={
+            modality: plan.base.snapshot_id for modality, plan in plans.items()
+            if plan.base is not None and plan.base.snapshot_id is not None}))
         temp_dir = run_temp_dir(output_dir, run_id)
         jobs = [write_work_list(plan, settings=settings, run_id=run_id, temp_dir=temp_dir)
                 for plan in plans.values() if plan.work]
@@ -74,7 +79,7 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
         outcomes = {modality: commit_modality(plan, settings=settings, run_id=run_id, created=created,
                                               wrote_span=any(job.plan is plan for job in jobs))
                     for modality, plan in plans.items()}
-        error_rows = write_errors_file(settings, outcomes)
+        error_rows = write_errors_file(settings)
     finally:
         release_lease(output_dir, run_id)
     summary = PreprocessSummary(output_dir=output_dir, outcomes=outcomes, errors_path=errors_path(output_dir),
@@ -119,7 +124,10 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, crea
     """Commits the new snapshot of one modality, then applies retention; or says why it committed nothing."""
     dataset_dir = settings.dataset_dir(plan.modality)
     if plan.nothing_to_do:
-        return ModalityOutcome(plan=plan, manifest=plan.base)
+        # Retention still runs: a run killed after its commit may not have applied it.
+        expired = snapshots.expire(dataset_dir, keep=settings.keep_snapshots, current_id=plan.base.snapshot_id,
+                                   in_use=snapshots_in_use(settings.output_dir, plan.modality, own_run_id=run_id))
+        return ModalityOutcome(plan=plan, manifest=plan.base, expired=expired)
     spans = plan.kept_spans + ([run_id] if wrote_span else [])
     template = manifest_template(plan.modality, settings, labels=plan.labels, created=created)
     manifest = snapshots.snapshot_of_spans(template, dataset_dir=dataset_dir, spans=spans, base=plan.base,
@@ -133,7 +141,8 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, crea
     pause_if_asked("pointer_moved")
     if plan.base is not None and plan.base.snapshot_id is None:
         delete_legacy_files(dataset_dir)
-    expired = snapshots.expire(dataset_dir, keep=settings.keep_snapshots, current_id=manifest.snapshot_id)
+    expired = snapshots.expire(dataset_dir, keep=settings.keep_snapshots, current_id=manifest.snapshot_id,
+                               in_use=snapshots_in_use(settings.output_dir, plan.modality, own_run_id=run_id))
     return ModalityOutcome(plan=plan, manifest=manifest, committed=True, expired=expired)
 
 
@@ -147,15 +156,17 @@ def delete_legacy_files(dataset_dir: str) -> None:
         FileSystems.delete(paths)
 
 
-def write_errors_file(settings: Settings, outcomes: dict) -> list[ErrorRow]:
-    """OUT/errors.jsonl: the error rows of the current snapshot of each modality of the run."""
+def write_errors_file(settings: Settings) -> list[ErrorRow]:
+    """OUT/errors.jsonl: the error rows of the current snapshot of each modality of the run.
+
+    Read at the end, not taken from this run's outcome: after a lost commit, the current snapshot is the winner's.
+    """
     error_rows = []
-    for modality, outcome in outcomes.items():
-        manifest: DatasetManifest | None = outcome.manifest
-        if manifest is None:
-            continue
-        for span in manifest.spans:
-            for row in snapshots.span_error_rows(settings.dataset_dir(modality), span):
+    for modality in settings.roots:
+        dataset_dir = settings.dataset_dir(modality)
+        manifest = snapshots.latest(dataset_dir)
+        for span in manifest.spans if manifest else ():
+            for row in snapshots.span_error_rows(dataset_dir, span):
                 root = manifest.input_roots[row["root"]]
                 error_rows.append(ErrorRow(join_root(root, row["path"]), root, modality, row["reason"]))
     error_rows.sort(key=lambda row: (row.modality, row.path))

@@ -61,6 +61,7 @@ class Lease:
     pid: int
     pid_start: str | None
     started: str
+    bases: dict[str, int] = dataclasses.field(default_factory=dict)  # modality -> the snapshot it builds on
 
     def is_dead(self) -> bool:
         """Provably dead: on this host, and its process is gone. A lease of another host is never dead here."""
@@ -71,8 +72,18 @@ def take_lease(output_dir: str, run_id: str) -> Lease:
     lease = Lease(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
                   pid_start=_process_start_time(os.getpid()),
                   started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    write_atomically(lease_path(output_dir, run_id), json.dumps(dataclasses.asdict(lease)).encode("utf-8"))
+    write_lease(output_dir, lease)
     return lease
+
+
+def write_lease(output_dir: str, lease: Lease) -> None:
+    write_atomically(lease_path(output_dir, lease.run_id), json.dumps(dataclasses.asdict(lease)).encode("utf-8"))
+
+
+def snapshots_in_use(output_dir: str, modality: str, *, own_run_id: str) -> set[int]:
+    """The snapshots other live runs build on: retention keeps their spans, which those runs may copy from."""
+    return {lease.bases[modality] for run_id, lease in read_leases(output_dir).items()
+            if run_id != own_run_id and modality in lease.bases and not lease.is_dead()}
 
 
 def release_lease(output_dir: str, run_id: str) -> None:

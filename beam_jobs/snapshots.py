@@ -157,13 +157,14 @@ def committed_spans(dataset_dir: str) -> set[str]:
     return spans
 
 
-def expire(dataset_dir: str, *, keep: int, current_id: int) -> list[int]:
+def expire(dataset_dir: str, *, keep: int, current_id: int, in_use: set[int] = frozenset()) -> list[int]:
     """Removes the snapshots older than the newest `keep` (never the current one); returns their ids.
 
-    Each gets its tombstone first, then the spans that no kept snapshot lists are deleted.
+    Each gets its tombstone first, then the spans that no kept snapshot lists are
+    deleted. The snapshots `in_use` (bases of other live runs) are kept for now.
     """
     committed, removed = snapshot_ids(dataset_dir)
-    kept = set(committed[-max(keep, 1):]) | {current_id}
+    kept = set(committed[-max(keep, 1):]) | {current_id} | (set(in_use) & set(committed))
     expired = [snapshot_id for snapshot_id in committed if snapshot_id not in kept and snapshot_id not in removed]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for snapshot_id in expired:
@@ -181,12 +182,21 @@ def expire(dataset_dir: str, *, keep: int, current_id: int) -> list[int]:
 
 
 def rollback(dataset_dir: str, snapshot_id: int, *, run_id: str) -> DatasetManifest:
-    """Commits a new snapshot with the records of snapshot `snapshot_id`; returns it."""
+    """Commits a new snapshot with the records of snapshot `snapshot_id`; returns it.
+
+    It keeps the latest vocabulary when that extends the old one (labels only
+    grow): a label added after snapshot `snapshot_id` keeps its index, with zero
+    examples, so that no index is ever given to two labels.
+    """
     target = load(dataset_dir, snapshot_id)
     base = latest(dataset_dir)
+    labels = base.labels if base.labels[:len(target.labels)] == target.labels else target.labels
+    splits = {name: dataclasses.replace(split, label_counts={label: split.label_counts.get(label, 0)
+                                                             for label in labels})
+              for name, split in target.splits.items()}
     manifest = dataclasses.replace(
-        target, snapshot_id=base.snapshot_id + 1, parent_snapshot=base.snapshot_id, run_id=run_id,
-        changes={"rolled_back_to": snapshot_id},
+        target, labels=list(labels), splits=splits, snapshot_id=base.snapshot_id + 1,
+        parent_snapshot=base.snapshot_id, run_id=run_id, changes={"rolled_back_to": snapshot_id},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     commit(dataset_dir, manifest)
     return manifest
