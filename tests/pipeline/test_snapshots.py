@@ -419,6 +419,25 @@ def test_retention_removes_old_snapshots_and_their_unshared_spans_and_rollback_r
     assert snapshots.snapshot_ids(str(dataset))[0] == [1, 2, 3, 4, 5]
 
 
+def test_a_rollback_past_a_new_class_keeps_its_index_so_no_index_names_two_labels(tmp_path, write_wav):
+    root, out = tmp_path / "in", tmp_path / "out"
+    dataset = out / "audio"
+    write_class(write_wav, root, "high", ["h0", "h1"], frequency=2000)
+    write_class(write_wav, root, "low", ["l0", "l1"], frequency=300)
+    ingest(root, out)
+    write_class(write_wav, root, "mid", ["m0", "m1"], frequency=900)
+    assert ingest(root, out).manifests["audio"].labels == ["high", "low", "mid"]
+
+    assert run_module("beam_jobs.snapshots", str(dataset), "--rollback", "1").returncode == 0
+
+    rolled_back = current(dataset)
+    assert (rolled_back.snapshot_id, rolled_back.labels) == (3, ["high", "low", "mid"])
+    assert sum(split.label_counts["mid"] for split in rolled_back.splits.values()) == 0
+    shutil.rmtree(root / "mid")
+    write_class(write_wav, root, "zed", ["z0", "z1"], frequency=1500)
+    assert ingest(root, out).manifests["audio"].labels == ["high", "low", "mid", "zed"]
+
+
 # --- 7. verify --snapshot -----------------------------------------------------------------------------------
 
 def test_every_snapshot_of_an_intact_dataset_verifies(grown, capsys):
