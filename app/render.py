@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from app.artifacts import Missing
+from beam_jobs.manifest import DatasetManifest
 
 _BAR_COLORS = {"right": "#2e7d32", "wrong": "#c62828", "unknown": "#1565c0"}
 
@@ -41,6 +42,14 @@ def predictions_html(predictions: list[dict], *, true_label: str | None) -> str:
     return (f'<div class="soundsight-verdict soundsight-verdict-{outcome}" data-outcome="{outcome}" '
             f'style="color:{_BAR_COLORS[outcome]};font-size:1.1em;margin:4px 0">{verdict}</div>'
             f'<table style="border-collapse:collapse">{"".join(rows)}</table>')
+
+
+def trained_on_html(manifest: DatasetManifest) -> str:
+    """Which data the model learnt from: the snapshot whose manifest its folder holds, and its size."""
+    examples = manifest.splits["train"].num_examples if "train" in manifest.splits else 0
+    return (f'<div class="soundsight-trained-on-{html.escape(manifest.modality)}" style="color:#546e7a">'
+            f"The model was trained on {html.escape(manifest.describe())} "
+            f"({examples} training examples).</div>")
 
 
 def error_html(message: str) -> str:

@@ -200,12 +200,13 @@ def build_tab(paths: AppPaths, *, modality: str) -> widgets.Widget:
     predictor = Predictor.from_model_dir(paths.model_dir(modality))
     panel = ClassifierPanel(predictor=predictor,
                             samples=list_test_samples(predictor.manifest))
+    shown = [widgets.HTML(render.trained_on_html(predictor.manifest)), panel.widget]
     missing_files = find_missing_test_files(predictor.manifest)
-    if not missing_files:
-        return panel.widget
-    notice = widgets.HTML(render.missing_html(missing_files, heading="Some held-out test files are not here."))
-    notice.add_class(f"soundsight-missing-{modality}")
-    return widgets.VBox([notice, panel.widget])
+    if missing_files:
+        notice = widgets.HTML(render.missing_html(missing_files, heading="Some held-out test files are not here."))
+        notice.add_class(f"soundsight-missing-{modality}")
+        shown.insert(0, notice)
+    return widgets.VBox(shown)
 
 
 def build_app(paths: AppPaths) -> widgets.Widget:

@@ -7,6 +7,7 @@ Normalization lives in the model (serving then needs no extra code), so the
 batches hold the stored tensors: float32 spectrograms or uint8 images.
 """
 import contextlib
+import json
 import math
 import re
 from typing import Callable, Iterable
@@ -14,9 +15,9 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.dataset_layout import manifest_path
+from beam_jobs.dataset_layout import tombstone_path
 from beam_jobs.features import FEATURES
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError, removed_message, resolve_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 TRAINING_FEATURES = ("tensor", "label")
@@ -29,14 +30,19 @@ class DatasetReadError(RuntimeError):
     """Shards that cannot be read whole, or hold another number of records than the manifest says."""
 
 
-def load_manifest(data_dir: str) -> DatasetManifest:
-    """The DatasetManifest in `data_dir` (local or gs://); FileNotFoundError names the missing file."""
-    path = manifest_path(data_dir)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: --data_dir must be a folder written by beam_jobs.preprocess, "
-                                f"e.g. OUT/audio or OUT/image")
-    with tf.io.gfile.GFile(path) as manifest_file:
-        return DatasetManifest.from_json(manifest_file.read())
+def load_manifest(data_dir: str, snapshot: int | None = None) -> DatasetManifest:
+    """The manifest of snapshot `snapshot` of `data_dir` (local or gs://), or of its current snapshot when None.
+
+    A reader calls it once, at start, and reads only the shards it lists, which no later
+    commit changes. Raises SnapshotNotFoundError or SnapshotRemovedError (both
+    FileNotFoundError) with one line that names the folder or the snapshot.
+    """
+    return resolve_manifest(data_dir, snapshot, read_text=_read_text, exists=tf.io.gfile.exists)
+
+
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path) as text_file:
+        return text_file.read()
 
 
 def shard_paths(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]) -> list[str]:
@@ -167,22 +173,49 @@ def find_bad_shards(*, manifest: DatasetManifest, data_dir: str, splits: Iterabl
 
 @contextlib.contextmanager
 def naming_bad_shards(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]):
-    """Turns tf.data's errors about broken shards, which name no file, into a DatasetReadError that does.
+    """Turns tf.data's errors about broken or missing shards, which name no file or no cause, into ones that do.
 
-    tf.data reports a corrupt or truncated shard as DataLossError ("corrupted record at N") and
-    a shard with too few records as FailedPreconditionError from assert_cardinality; the error
-    raised instead lists the bad shards and the command that checks the whole dataset.
+    tf.data reports a corrupt or truncated shard as DataLossError ("corrupted record at N"),
+    a shard with too few records as FailedPreconditionError from assert_cardinality and a
+    missing shard as NotFoundError. A shard goes missing when retention removed the
+    snapshot being read: that raises SnapshotRemovedError, which says so and names the
+    snapshot. Otherwise the DatasetReadError raised lists the bad shards and the command
+    that checks the whole dataset.
     """
+    splits = list(splits)
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as error:
-        if isinstance(error, tf.errors.FailedPreconditionError) and "expected to contain" not in error.message:
+    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError, tf.errors.NotFoundError) as error:
+        if not _is_about_shards(error, manifest=manifest, data_dir=data_dir, splits=splits):
             raise
+        removal = _removal_message(manifest=manifest, data_dir=data_dir)
+        if removal is not None:
+            raise SnapshotRemovedError(removal) from error
         bad = find_bad_shards(manifest=manifest, data_dir=data_dir, splits=splits)
         raise DatasetReadError(
             f"reading {data_dir} failed ({_reason(error)}): "
             + ("; ".join(bad) if bad else "no shard is bad now: was the dataset rewritten while it was read?")
             + f". Check the dataset with: python -m beam_jobs.verify {data_dir}") from error
+
+
+def _removal_message(*, manifest: DatasetManifest, data_dir: str) -> str | None:
+    """What retention did to the snapshot of `manifest`, in one line; None while its files are kept."""
+    if manifest.snapshot_id is None:
+        return None
+    tombstone = tombstone_path(data_dir, manifest.snapshot_id)
+    if not tf.io.gfile.exists(tombstone):
+        return None
+    return removed_message(data_dir.rstrip("/"), manifest.snapshot_id, json.loads(_read_text(tombstone)))
+
+
+def _is_about_shards(error: tf.errors.OpError, *, manifest: DatasetManifest, data_dir: str,
+                     splits: list[str]) -> bool:
+    """Whether tf.data's `error` comes from reading the shards rather than from anything else in the step."""
+    if isinstance(error, tf.errors.FailedPreconditionError):
+        return "expected to contain" in error.message
+    if isinstance(error, tf.errors.NotFoundError):
+        return any(path in error.message for path in shard_paths(manifest=manifest, data_dir=data_dir, splits=splits))
+    return True
 
 
 # What tf.data says about a broken shard, without the graph's node names around it.

@@ -1,10 +1,12 @@
 """Evaluates a trained model on a split of a dataset: a metrics JSON and PNGs a person can read.
 
-    python -m trainer.evaluate --model_dir models/audio --data_dir out/audio [--split test]
+    python -m trainer.evaluate --model_dir models/audio --data_dir out/audio [--split test] [--snapshot 3]
 
-Writes into --model_dir:
+Reads one snapshot of --data_dir, resolved once, at start: the current one, or
+--snapshot ID. Writes into --model_dir:
   metrics-<split>.json   accuracy, num_examples, per-class precision/recall/F1/support,
-                         the confusion matrix (rows true, columns predicted) and its label order
+                         the confusion matrix (rows true, columns predicted) and its label order,
+                         the snapshot evaluated and the one the model was trained on
   confusion-<split>.png  the confusion matrix
   training_curves.png    loss and accuracy per epoch, train vs validation (from history.json)
 --data_dir may be a newer version of the model's dataset or another dataset
@@ -26,7 +28,7 @@ import tensorflow as tf
 from beam_jobs.splits import SPLITS
 from trainer import plots
 from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards
-from trainer.model_dir import ModelDir
+from trainer.model_dir import ModelDir, describe_snapshots
 from trainer.predict import Predictor
 
 
@@ -51,10 +53,13 @@ def classification_metrics(*, true: np.ndarray, predicted: np.ndarray, labels: l
 
 
 def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | None = None,
-             batch_size: int = 256) -> dict:
-    """Predicts every example of `split` ("all" for every split) and writes metrics and PNGs; returns the metrics."""
+             batch_size: int = 256, snapshot: int | None = None) -> dict:
+    """Predicts every example of `split` ("all" for every split) and writes metrics and PNGs; returns the metrics.
+
+    Reads snapshot `snapshot` of `data_dir`, or its current one when None.
+    """
     predictor = Predictor.from_model_dir(model_dir)
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir, snapshot)
     unknown_labels = _check_compatible(model_manifest=predictor.manifest, data_manifest=manifest, data_dir=data_dir)
     if tag is None:
         same_dataset = (manifest.created, manifest.input_roots) == (predictor.manifest.created,
@@ -74,7 +79,9 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     left_out = {label: int(np.sum(true == index)) for index, label in enumerate(manifest.labels)
                 if index >= len(predictor.labels) and np.any(true == index)}
     metrics = classification_metrics(true=true[known], predicted=predicted[known], labels=predictor.labels)
-    metrics.update(split=split, data_dir=data_dir, model_dir=model_dir, unknown_labels=left_out)
+    metrics.update(split=split, data_dir=data_dir, model_dir=model_dir, unknown_labels=left_out,
+                   snapshot=manifest.snapshot_id, dataset_created=manifest.created,
+                   training_snapshot=predictor.manifest.snapshot_id)
     if unknown_labels:
         print(f"note: the model does not know {len(unknown_labels)} of the dataset's labels "
               f"({', '.join(unknown_labels)}); left out {sum(left_out.values())} of their examples.",
@@ -93,7 +100,8 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
             history = json.load(history_file)
         _write(layout.training_curves, plots.training_curves_png(history=history, title=model_dir))
         written.append(layout.training_curves)
-    print(f"{title}; macro F1 {metrics['macro_f1']:.4f}. Wrote {', '.join(written)}.")
+    print(f"{title}; macro F1 {metrics['macro_f1']:.4f}; {describe_snapshots(metrics)}. "
+          f"Wrote {', '.join(written)}.")
     return metrics
 
 
@@ -139,10 +147,12 @@ def main(argv=None) -> int:
                         help="names the output files metrics-TAG-SPLIT.json etc. (default: none for the "
                              "model's own dataset, else the data's input folder name)")
     parser.add_argument("--batch_size", type=int, default=256, help="examples per prediction batch (default: 256)")
+    parser.add_argument("--snapshot", type=int, metavar="ID",
+                        help="evaluate snapshot ID of --data_dir (default: the current one)")
     flags = parser.parse_args(argv)
     try:
         evaluate(model_dir=flags.model_dir, data_dir=flags.data_dir, split=flags.split, tag=flags.tag,
-                 batch_size=flags.batch_size)
+                 batch_size=flags.batch_size, snapshot=flags.snapshot)
     except (ValueError, FileNotFoundError, DatasetReadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

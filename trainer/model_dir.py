@@ -2,13 +2,15 @@
 
   model.keras            the best model by validation accuracy (the checkpoint)
   saved_model/           the same model exported for serving: stored tensor batch -> probabilities
-  dataset.json           the training dataset's manifest: vocabulary and featurization for prediction
+  dataset.json           the manifest of the snapshot trained on: vocabulary and featurization for prediction
   history.json           per-epoch metrics and seconds; written last, it marks training finished
-  train_config.json      the settings of the run, checked when an interrupted run is resumed
+  train_config.json      the settings of the run, its snapshot among them, checked when an interrupted run
+                         is resumed
   epochs.csv             the epoch log, appended epoch by epoch, so it survives resumes
   logs/                  TensorBoard
   backup/                BackupAndRestore state while training (removed when finished)
-  metrics-<stem>.json    trainer.evaluate's metrics, stem = split or tag-split
+  metrics-<stem>.json    trainer.evaluate's metrics, stem = split or tag-split; they name the snapshot
+                         evaluated and the one trained on (`describe_snapshots`)
   confusion-<stem>.png   its confusion matrix
   training_curves.png    loss and accuracy per epoch
 
@@ -81,3 +83,20 @@ class ModelDir:
     def is_trained(self) -> bool:
         """Whether a finished model can be loaded from here (local folders only)."""
         return os.path.isfile(self.manifest) and os.path.isdir(self.saved_model)
+
+
+def describe_snapshots(metrics: dict) -> str:
+    """Which data a metrics file (`metrics-<stem>.json`) comes from, in words: what was trained on and evaluated.
+
+    E.g. "trained on snapshot 2; evaluated on snapshot 3 of data/tfrecords/audio". Metrics written
+    before snapshots were recorded lack the ids, and data written before snapshots has none: the words say so.
+    """
+    trained = _snapshot_words(metrics, "training_snapshot")
+    evaluated = _snapshot_words(metrics, "snapshot")
+    return f"trained on {trained}; evaluated on {evaluated} of {metrics.get('data_dir', 'its data')}"
+
+
+def _snapshot_words(metrics: dict, key: str) -> str:
+    if key not in metrics:
+        return "an unrecorded snapshot"
+    return "data written before snapshots" if metrics[key] is None else f"snapshot {metrics[key]}"

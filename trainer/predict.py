@@ -26,7 +26,7 @@ class Predictor:
     Attributes:
       labels: the class names, in the model's output order.
       modality: the modality's name.
-      manifest: the training dataset's manifest (vocabulary and featurization).
+      manifest: the manifest of the snapshot the model was trained on (vocabulary and featurization).
     """
 
     def __init__(self, *, saved_model, manifest: DatasetManifest):
@@ -37,7 +37,11 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, model_dir: str) -> "Predictor":
-        """Loads `model_dir/saved_model` (faster to load and call than model.keras) and `dataset.json`."""
+        """Loads `model_dir/saved_model` (faster to load and call than model.keras) and `dataset.json`.
+
+        That dataset.json is the model's own copy of its snapshot's manifest: a prediction never reads
+        the dataset, so a re-ingest that changes the featurization cannot change what the model gets.
+        """
         layout = ModelDir(model_dir)
         for path in (layout.manifest, layout.saved_model):
             if not tf.io.gfile.exists(path):

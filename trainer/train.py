@@ -1,12 +1,16 @@
 """Trains a classifier on the TFRecords of one `beam_jobs.preprocess` output folder.
 
-    python -m trainer.train --data_dir out/audio --model_dir models/audio [--epochs 40 --model seed ...]
+    python -m trainer.train --data_dir out/audio --model_dir models/audio [--snapshot 3] [--epochs 40 ...]
 
 Everything about the data (labels, tensor shape, counts, shards, featurization)
-comes from its dataset.json. Writes the model folder of `trainer.model_dir`:
-the best model, its SavedModel export, the dataset's manifest, the history, the
-run's settings, TensorBoard logs and, while training, the backup. Killed mid-training, the same command resumes from the last finished epoch; a
-finished run is not retrained unless --overwrite.
+comes from the manifest of one snapshot of the dataset (`beam_jobs.snapshots`),
+resolved once, at start: the current one, or --snapshot ID. Writes the model
+folder of `trainer.model_dir`: the best model, its SavedModel export, that
+snapshot's manifest, the history, the run's settings (the snapshot among them),
+TensorBoard logs and, while training, the backup. Killed mid-training, the same
+command resumes from the last finished epoch, on the snapshot it started on
+even when a re-ingest has committed newer ones since; a finished run is not
+retrained unless --overwrite.
 """
 import argparse
 import csv
@@ -20,7 +24,7 @@ import tensorflow as tf
 
 from beam_jobs import config as config_lib
 from beam_jobs.config import ConfigError
-from beam_jobs.dataset_layout import manifest_path
+from beam_jobs.manifest import SnapshotNotFoundError, SnapshotRemovedError
 from trainer.augment import make_augmentation
 from trainer.config import TrainConfig
 from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards, shuffle_buffer_size
@@ -30,22 +34,29 @@ from trainer.model_dir import ModelDir
 MONITOR = "val_accuracy"
 
 
-def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool = False) -> dict:
-    """Trains (or resumes) and writes the model_dir artifacts; returns the history dict."""
+def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool = False,
+          snapshot: int | None = None) -> dict:
+    """Trains (or resumes) on a snapshot of `data_dir` and writes the model_dir artifacts; returns the history.
+
+    `snapshot` None means the current snapshot, or, when resuming, the one the run started on.
+    """
     layout = ModelDir(model_dir)
-    manifest = load_manifest(data_dir)
-    for split in ("train", "validation"):
-        if split not in manifest.splits or manifest.splits[split].num_examples == 0:
-            raise ValueError(f"the dataset at {data_dir} has no {split} examples; training needs both "
-                             f"train and validation")
     if overwrite:
         _remove_run(model_dir)
     elif tf.io.gfile.exists(layout.history):
         history = _read_json(layout.history)
-        print(f"{model_dir} is already trained (best {MONITOR} {history['best_val_accuracy']:.4f}); "
-              f"pass --overwrite to train it again.")
+        trained_on = _recorded_snapshot(layout.train_config)
+        print(f"{model_dir} is already trained (best {MONITOR} {history['best_val_accuracy']:.4f}"
+              f"{'' if trained_on is None else f' on snapshot {trained_on}'}); pass --overwrite to train it again.")
         return history
-    run_settings = {"data_dir": data_dir, "dataset_created": manifest.created, "config": dataclasses.asdict(config)}
+    snapshot = _snapshot_to_train_on(layout.train_config, data_dir=data_dir, requested=snapshot)
+    manifest = load_manifest(data_dir, snapshot)
+    for split in ("train", "validation"):
+        if split not in manifest.splits or manifest.splits[split].num_examples == 0:
+            raise ValueError(f"the dataset at {data_dir} has no {split} examples; training needs both "
+                             f"train and validation")
+    run_settings = {"data_dir": data_dir, "dataset_created": manifest.created, "snapshot": manifest.snapshot_id,
+                    "config": dataclasses.asdict(config)}
     _check_resumable(layout.train_config, run_settings)
     tf.io.gfile.makedirs(model_dir)
     _write_json(layout.train_config, run_settings)
@@ -64,7 +75,8 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
                         decay_steps=config.epochs * steps if config.schedule == "cosine" else 0,
                         label_smoothing=config.label_smoothing)
     counts = ", ".join(f"{split} {info.num_examples}" for split, info in manifest.splits.items())
-    print(f"Training the {config.model} network on {data_dir}: {manifest.modality}, {len(manifest.labels)} labels, "
+    print(f"Training the {config.model} network on {data_dir}, {manifest.describe()}: {manifest.modality}, "
+          f"{len(manifest.labels)} labels, "
           f"examples {counts}; input {manifest.tensor_dtype} {manifest.tensor_shape}; "
           f"augmentation {'on' if augment else 'off'}; up to {config.epochs} epochs of "
           f"{steps} batches of {config.batch_size}, {config.schedule} learning rate from {config.learning_rate}.")
@@ -72,7 +84,8 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
     best_so_far = max((epoch[MONITOR] for epoch in _read_epoch_log(layout.epoch_log)), default=None)
     resumed_epoch = _backed_up_epoch(layout.backup)
     if resumed_epoch:
-        print(f"Resuming {model_dir} after epoch {resumed_epoch} (best {MONITOR} so far {best_so_far:.4f}).")
+        print(f"Resuming {model_dir} after epoch {resumed_epoch} (best {MONITOR} so far {best_so_far:.4f}) "
+              f"on {manifest.describe()}, the data it started on.")
     callbacks = [
         _EpochTimer(),  # first, so that the epoch log below records the seconds
         # The checkpoint is the final model; its threshold carries the best score across resumes.
@@ -94,12 +107,15 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
     # The best checkpoint, not EarlyStopping(restore_best_weights): that only knows this process' epochs.
     best_model = keras.saving.load_model(layout.model)
     best_model.export(layout.saved_model, format="tf_saved_model", verbose=False)
-    tf.io.gfile.copy(manifest_path(data_dir), layout.manifest, overwrite=True)
+    # The pinned snapshot's manifest, not the dataset's pointer, which a re-ingest may have moved on.
+    with tf.io.gfile.GFile(layout.manifest, "w") as manifest_file:
+        manifest_file.write(manifest.to_json())
     history = _history(_read_epoch_log(layout.epoch_log))
     _write_json(layout.history, history)
     tf.io.gfile.rmtree(layout.backup)
     print(f"Done: best {MONITOR} {history['best_val_accuracy']:.4f} at epoch {history['best_epoch']} of "
-          f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training). Wrote {layout.model}, "
+          f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training on {manifest.describe()}). "
+          f"Wrote {layout.model}, "
           f"{layout.saved_model}, {layout.manifest}, {layout.history}; TensorBoard logs in {layout.logs}.")
     return history
 
@@ -120,6 +136,26 @@ def _backed_up_epoch(backup_dir: str) -> int:
     return _read_json(metadata_path)["epoch"] if tf.io.gfile.exists(metadata_path) else 0
 
 
+def _snapshot_to_train_on(settings_path: str, *, data_dir: str, requested: int | None) -> int | None:
+    """The snapshot an unfinished run on `data_dir` recorded, else `requested` (None: the current one).
+
+    ConfigError when `requested` contradicts the recorded one: resuming on other data would mix two datasets.
+    """
+    previous = _read_json(settings_path) if tf.io.gfile.exists(settings_path) else {}
+    recorded = previous.get("snapshot")
+    if recorded is None or previous.get("data_dir") != data_dir:
+        return requested  # nothing to resume on, or _check_resumable names what differs
+    if requested is not None and requested != recorded:
+        raise ConfigError(f"{settings_path} holds an unfinished run on snapshot {recorded}, not {requested}: rerun "
+                          f"with --snapshot {recorded} or none to resume it, or pass --overwrite to start over")
+    return recorded
+
+
+def _recorded_snapshot(settings_path: str) -> int | None:
+    """The snapshot recorded in a run's settings; None without settings or for data written before snapshots."""
+    return _read_json(settings_path).get("snapshot") if tf.io.gfile.exists(settings_path) else None
+
+
 def _check_resumable(settings_path: str, run_settings: dict) -> None:
     if not tf.io.gfile.exists(settings_path):
         return
@@ -128,7 +164,7 @@ def _check_resumable(settings_path: str, run_settings: dict) -> None:
         changed = [f"{key}: {previous['config'].get(key)!r} -> {value!r}"
                    for key, value in run_settings["config"].items() if previous["config"].get(key) != value]
         changed += [f"{key}: {previous.get(key)!r} -> {run_settings[key]!r}"
-                    for key in ("data_dir", "dataset_created") if previous.get(key) != run_settings[key]]
+                    for key in ("data_dir", "dataset_created", "snapshot") if previous.get(key) != run_settings[key]]
         raise ConfigError(
             f"{settings_path} holds an unfinished run with other settings ({'; '.join(changed)}): "
             f"rerun with the same flags to resume it, or pass --overwrite to start over")
@@ -180,6 +216,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="a beam_jobs.preprocess output folder holding dataset.json")
     parser.add_argument("--model_dir", required=True, help="where the model, logs and checkpoints go")
+    parser.add_argument("--snapshot", type=int, metavar="ID",
+                        help="train on snapshot ID of --data_dir (default: the current one; when resuming, the one "
+                             "the run started on); python -m beam_jobs.snapshots DATA_DIR lists them")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
     config_lib.add_flags(parser, TrainConfig)
     flags = parser.parse_args(argv)
@@ -188,8 +227,9 @@ def main(argv=None) -> int:
     except ConfigError as error:
         parser.error(config_lib.flag_error(TrainConfig, error))
     try:
-        train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite)
-    except DatasetReadError as error:
+        train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite,
+              snapshot=flags.snapshot)
+    except (ConfigError, DatasetReadError, SnapshotNotFoundError, SnapshotRemovedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,9 @@ Each stage is the command a user could run by hand (it is printed before it
 runs), in its own process, so that what the job does is exactly what the README
 tells a user to do. A stage whose outputs are newer than its inputs and that
 ran with the same command is skipped, so a second run only redoes what changed.
+Once the data stages have run, the job pins the snapshot of each dataset that
+preprocessing committed and names it in every training and evaluation command
+(--snapshot ID), so that they read the same data whatever is committed meanwhile.
 Folders follow `beam_jobs.dataset_layout.DataFolder` and `trainer.model_dir`.
 """
 import argparse
@@ -19,8 +22,9 @@ from pathlib import Path
 
 from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder, manifest_path
 from beam_jobs.datasets import SPEECH_COMMANDS_WORDS
+from beam_jobs.manifest import DatasetManifest, resolve_manifest
 from beam_jobs.modalities import MODALITIES
-from trainer.model_dir import ModelDir
+from trainer.model_dir import ModelDir, describe_snapshots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,14 @@ class JobConfig:
     def festival_records(self) -> Path:
         """The festival voices' preprocessing output, beside the main one."""
         return self.data_dir / "tfrecords-festival"
+
+    @property
+    def festival_dataset(self) -> Path:
+        return self.festival_records / "audio"
+
+    def datasets(self) -> list[Path]:
+        """Every dataset folder the job trains or evaluates on."""
+        return [self.data.dataset(modality) for modality in MODALITIES] + [self.festival_dataset]
 
     def epochs(self, modality: str) -> int:
         return getattr(self, f"{modality}_epochs")
@@ -82,11 +94,12 @@ class Stage:
     stamp: Path  # records the command the outputs were made with
 
 
-def build_stages(job: JobConfig) -> list[Stage]:
+def build_data_stages(job: JobConfig) -> list[Stage]:
+    """Raw corpora to datasets: the stages that commit snapshots."""
     python = sys.executable
-    data, models = job.data, job.models_dir
+    data = job.data
     speech, fashion, festival = data.demo_raw("audio"), data.demo_raw("image"), data.raw("festival")
-    festival_manifest = Path(manifest_path(str(job.festival_records / "audio")))
+    festival_manifest = Path(manifest_path(str(job.festival_dataset)))
     manifests = {modality: Path(manifest_path(str(data.dataset(modality)))) for modality in MODALITIES}
     fashion_limit = [] if job.fashion_per_class is None else ["--limit_per_class", str(job.fashion_per_class)]
     words = [] if job.words is None else ["--words", job.words]
@@ -113,23 +126,36 @@ def build_stages(job: JobConfig) -> list[Stage]:
               [festival / "corpus.json", manifests["audio"]], [festival_manifest],
               job.festival_records / ".preprocess.stamp"),
     ]
+    return stages
+
+
+def build_model_stages(job: JobConfig, *, snapshots: dict[Path, int | None]) -> list[Stage]:
+    """Training, evaluation and the report, on the snapshot of each dataset in `snapshots` (None: the current one)."""
+    python = sys.executable
+    data, models = job.data, job.models_dir
+    festival_manifest = Path(manifest_path(str(job.festival_dataset)))
+    manifests = {modality: Path(manifest_path(str(data.dataset(modality)))) for modality in MODALITIES}
+    stages = []
     for modality in MODALITIES:
         model_dir = job.model_dir(modality)
         stages += [
             Stage(f"train-{modality}", f"Training the seed CNN on the {modality} shards",
                   [python, "-m", "trainer.train", "--data_dir", str(data.dataset(modality)),
+                   *_snapshot_flag(snapshots, data.dataset(modality)),
                    "--model_dir", model_dir.path, "--epochs", str(job.epochs(modality))],
                   [manifests[modality]], [Path(model_dir.model)], models / modality / ".train.stamp"),
             Stage(f"evaluate-{modality}", f"Evaluating the {modality} model on its test split",
                   [python, "-m", "trainer.evaluate", "--model_dir", model_dir.path,
-                   "--data_dir", str(data.dataset(modality)), "--split", "test"],
+                   "--data_dir", str(data.dataset(modality)), *_snapshot_flag(snapshots, data.dataset(modality)),
+                   "--split", "test"],
                   [Path(model_dir.model)], [Path(model_dir.metrics("test"))], models / modality / ".evaluate.stamp"),
         ]
     audio_model = job.model_dir("audio")
     stages += [
         Stage("evaluate-festival", "Evaluating the speech model on voices it never heard (festival)",
               [python, "-m", "trainer.evaluate", "--model_dir", audio_model.path,
-               "--data_dir", str(job.festival_records / "audio"), "--split", "test", "--tag", "festival"],
+               "--data_dir", str(job.festival_dataset), *_snapshot_flag(snapshots, job.festival_dataset),
+               "--split", "test", "--tag", "festival"],
               [Path(audio_model.model), festival_manifest],
               [Path(audio_model.metrics("festival-test"))], models / "audio" / ".evaluate-festival.stamp"),
         Stage("report", "Writing the HTML report",
@@ -141,6 +167,22 @@ def build_stages(job: JobConfig) -> list[Stage]:
               [job.report_dir / "index.html"], job.report_dir / ".report.stamp"),
     ]
     return stages
+
+
+def _snapshot_flag(snapshots: dict[Path, int | None], dataset: Path) -> list[str]:
+    snapshot_id = snapshots.get(dataset)
+    return [] if snapshot_id is None else ["--snapshot", str(snapshot_id)]
+
+
+def current_snapshots(job: JobConfig) -> dict[Path, int | None]:
+    """{dataset folder: its current snapshot's id}, read once after preprocessing: the snapshots the job pins."""
+    return {dataset: read_manifest(dataset).snapshot_id for dataset in job.datasets()}
+
+
+def read_manifest(dataset: Path, snapshot_id: int | None = None) -> DatasetManifest:
+    """The manifest of snapshot `snapshot_id` of a local dataset folder, or of its current one when None."""
+    return resolve_manifest(str(dataset), snapshot_id, read_text=lambda path: Path(path).read_text(),
+                            exists=lambda path: Path(path).exists())
 
 
 def is_up_to_date(stage: Stage) -> bool:
@@ -171,21 +213,21 @@ def run_stage(stage: Stage, *, number: int, total: int) -> float:
     return elapsed
 
 
-def print_summary(job: JobConfig, *, seconds: float) -> None:
+def print_summary(job: JobConfig, *, snapshots: dict[Path, int | None], seconds: float) -> None:
     data = job.data
     print("\n=== soundsight: summary")
     for modality in MODALITIES:
-        manifest = json.loads(Path(manifest_path(str(data.dataset(modality)))).read_text())
-        counts = ", ".join(f"{name} {split['num_examples']}" for name, split in sorted(manifest["splits"].items()))
-        print(f"{modality}: {len(manifest['labels'])} classes; examples: {counts}")
+        manifest = read_manifest(data.dataset(modality), snapshots[data.dataset(modality)])
+        counts = ", ".join(f"{name} {split.num_examples}" for name, split in sorted(manifest.splits.items()))
+        print(f"{modality}, {manifest.describe()}: {len(manifest.labels)} classes; examples: {counts}")
     errors_path = data.records / ERRORS_NAME
     error_rows = [line for line in errors_path.read_text().splitlines() if line.strip()]
     print(f"pipeline errors: {len(error_rows)} (listed in {errors_path})")
     for name, modality, stem in (("speech commands, test split", "audio", "test"),
                                  ("speech commands, unseen festival voices", "audio", "festival-test"),
                                  ("Fashion-MNIST, official test split", "image", "test")):
-        accuracy = json.loads(Path(job.model_dir(modality).metrics(stem)).read_text())["accuracy"]
-        print(f"accuracy, {name}: {accuracy:.4f}")
+        metrics = json.loads(Path(job.model_dir(modality).metrics(stem)).read_text())
+        print(f"accuracy, {name}: {metrics['accuracy']:.4f} ({describe_snapshots(metrics)})")
     print(f"models: {', '.join(job.model_dir(modality).path for modality in MODALITIES)}")
     print(f"report: {(job.report_dir / 'index.html').resolve()}")
     print(f"total time: {seconds / 60:.1f} min")
@@ -205,11 +247,16 @@ def main(argv=None) -> None:
     preset = QUICK if args.quick else FULL
     job = dataclasses.replace(preset, **{field.name: getattr(args, field.name) for field in dataclasses.fields(preset)
                                          if getattr(args, field.name) is not None})
-    stages = build_stages(job)
     started = time.monotonic()
-    for number, stage in enumerate(stages, start=1):
-        run_stage(stage, number=number, total=len(stages))
-    print_summary(job, seconds=time.monotonic() - started)
+    data_stages = build_data_stages(job)
+    # The model stages are built once the data is there, to name its snapshots; built here only to count them.
+    total = len(data_stages) + len(build_model_stages(job, snapshots={}))
+    for number, stage in enumerate(data_stages, start=1):
+        run_stage(stage, number=number, total=total)
+    snapshots = current_snapshots(job)
+    for number, stage in enumerate(build_model_stages(job, snapshots=snapshots), start=len(data_stages) + 1):
+        run_stage(stage, number=number, total=total)
+    print_summary(job, snapshots=snapshots, seconds=time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
     python -m workflow.report --data_dir data --models_dir models --out report
 
-Reads manifests, raw files, error rows and what `trainer.evaluate` wrote, and
-predicts held-out files with `trainer.predict.Predictor`, as the app does.
+Reads the current snapshot of each dataset, resolved once, at start, raw files,
+error rows and what `trainer.evaluate` wrote, and predicts held-out files with
+`trainer.predict.Predictor`, as the app does. Each evaluation says which
+snapshot the model was trained on and which one it was evaluated on.
 Pictures of examples are the modality's preview (`trainer.plots.preview_png`):
 what the model gets.
 """
@@ -19,13 +21,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder, manifest_path  # noqa: E402
+from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder  # noqa: E402
 from beam_jobs.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.modalities import MODALITIES  # noqa: E402
 from beam_jobs.raw_files import held_out_by_label  # noqa: E402
 from trainer import plots  # noqa: E402
-from trainer.model_dir import ModelDir  # noqa: E402
+from trainer.model_dir import ModelDir, describe_snapshots  # noqa: E402
 from trainer.predict import Predictor  # noqa: E402
+from workflow.main import read_manifest  # noqa: E402
 
 _SPLIT_COLORS = {"train": "#4c72b0", "validation": "#dd8452", "test": "#55a868"}
 GRID_PER_CLASS = 8  # held-out images per class in a grid of pixel previews
@@ -88,7 +91,7 @@ def plot_class_balance(manifest: DatasetManifest, *, out: Path) -> str:
                  color=_SPLIT_COLORS.get(split_name))
         bottom += counts
     axis.set_ylabel("examples")
-    axis.set_title(f"{manifest.modality}: class balance per split")
+    axis.set_title(f"{manifest.modality}, {manifest.describe()}: class balance per split")
     axis.tick_params(axis="x", labelrotation=60, labelsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -116,7 +119,8 @@ def _metrics_section(title: str, metrics: dict, pictures: list[str]) -> str:
              values["support"]] for label, values in per_class.items()]
     images = "".join(f'<img src="{name}" alt="{name}">' for name in pictures)
     return (f"<h3>{html.escape(title)}: accuracy {metrics['accuracy']:.4f} "
-            f"on {metrics['num_examples']} examples</h3><div class=pictures>{images}</div>"
+            f"on {metrics['num_examples']} examples</h3><p>The model was {html.escape(describe_snapshots(metrics))}."
+            f"</p><div class=pictures>{images}</div>"
             f"<details><summary>per-class precision, recall, F1</summary>"
             f"{_table(['class', 'precision', 'recall', 'F1', 'support'], rows)}</details>")
 
@@ -135,11 +139,14 @@ def _predictions_section(rows: list[dict], truths: list[str]) -> str:
 def write_report(*, data_dir: Path, models_dir: Path, out: Path, predict_samples: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = DataFolder(data_dir)
-    manifests = {modality: DatasetManifest.from_json(Path(manifest_path(str(data.dataset(modality)))).read_text())
-                 for modality in MODALITIES}
+    # Resolved once: a re-ingest committing meanwhile changes nothing this report reads of the datasets.
+    manifests = {modality: read_manifest(data.dataset(modality)) for modality in MODALITIES}
     held_out = {modality: held_out_by_label(manifest) for modality, manifest in manifests.items()}
     sections = [examples_section(manifest, held_out[modality], out=out) for modality, manifest in manifests.items()]
-    sections.append("<h2>Class balance per split</h2><div class=pictures>"
+    sections.append("<h2>Class balance per split</h2><p>"
+                    + "; ".join(f"{modality}: {manifest.describe()} of {html.escape(str(data.dataset(modality)))}"
+                                for modality, manifest in manifests.items())
+                    + ".</p><div class=pictures>"
                     + "".join(f'<img src="{plot_class_balance(m, out=out)}" alt="balance">' for m in manifests.values())
                     + "</div>")
 

@@ -40,9 +40,13 @@ def open_app(browser, url: str) -> Page:
     return page
 
 
-def selected_test_file(page: Page, modality: str) -> str:
-    """The relative path shown in the test-file picker, once a file is loaded."""
-    expect(page.locator(f".soundsight-source-{modality}")).to_contain_text("Loaded")
+def selected_test_file(page: Page, modality: str, label: str) -> str:
+    """The relative path shown in the test-file picker, once a file of class `label` is loaded.
+
+    Waits for the file of the class asked for: the line already says "Loaded" for
+    the file shown at start, before the kernel has applied the class filter.
+    """
+    expect(page.locator(f".soundsight-source-{modality}")).to_contain_text(f"Loaded {label}/")
     return page.locator(f".soundsight-sample-{modality} select").evaluate("s => s.selectedOptions[0].text")
 
 
@@ -99,8 +103,10 @@ def test_audio_tab_predicts_test_files_and_survives_bad_uploads(page, models_dir
                                                                  tmp_path):
     model_dir = models_dir / "audio"
     manifest = DatasetManifest.from_json((model_dir / MANIFEST_NAME).read_text())
+    expect(page.locator(".soundsight-trained-on-audio")).to_contain_text(
+        f"trained on snapshot 1 ({manifest.splits['train'].num_examples} training examples)")
     page.locator(".soundsight-filter-audio select").select_option(label=WORD)
-    relative_path = selected_test_file(page, "audio")
+    relative_path = selected_test_file(page, "audio", WORD)
     assert relative_path.startswith(f"{WORD}/")
     expect(page.locator(".soundsight-player-audio")).to_be_visible()
     figure = page.locator(".soundsight-figure-audio")
@@ -159,7 +165,7 @@ def test_image_tab_predicts_test_files_and_survives_bad_uploads(page, models_dir
     expect_upload_rejected(page, "image", reason=f"cut.png: {rejection_reason(manifest, truncated)}")
 
     page.locator(".soundsight-filter-image select").select_option(label=SHAPES[0])
-    relative_path = selected_test_file(page, "image")
+    relative_path = selected_test_file(page, "image", SHAPES[0])
     assert relative_path.startswith(f"{SHAPES[0]}/")
     shown, verdict = predict(page, "image")
     expected = predict_with_cli(model_dir, data_dir / "raw" / "fashion" / relative_path)

@@ -8,7 +8,7 @@ from app import render
 from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
 from beam_jobs.audio import AUDIO, AudioConfig
 from beam_jobs.config import SplitConfig
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.manifest import DatasetManifest, SplitInfo
 from tests.trainer.toy_data import tone_wav
 from trainer import plots
 
@@ -53,14 +53,28 @@ def test_missing_model_lists_each_missing_step_upstream_first(tmp_path):
     assert find_missing_model(paths, modality="image") == []
 
 
-def test_missing_test_files_name_the_roots_that_are_not_here(tmp_path):
-    manifest = DatasetManifest(
+def a_manifest(**fields) -> DatasetManifest:
+    """A small audio manifest; `fields` replace its defaults."""
+    return dataclasses.replace(DatasetManifest(
         modality="audio", labels=["yes"], tensor_dtype="float32", tensor_shape=[98, 64], featurization={},
-        splits={}, features=[], compression=None, input_roots=[str(tmp_path), "gs://bucket/speech"],
-        split_config=dataclasses.asdict(SplitConfig()), num_errors=0, pipeline_version="test", created="")
+        splits={}, features=[], compression=None, input_roots=[], split_config=dataclasses.asdict(SplitConfig()),
+        num_errors=0, pipeline_version="test", created=""), **fields)
+
+
+def test_missing_test_files_name_the_roots_that_are_not_here(tmp_path):
+    manifest = a_manifest(input_roots=[str(tmp_path), "gs://bucket/speech"])
     missing = find_missing_test_files(manifest)
     assert [(item.path, item.command) for item in missing] == [
         ("gs://bucket/speech", "python -m beam_jobs.datasets speech-commands --out gs://bucket/speech")]
+
+
+def test_the_tab_says_which_snapshot_the_model_was_trained_on():
+    train = SplitInfo(num_examples=120, label_counts={"yes": 120}, shards=[])
+    line = render.trained_on_html(a_manifest(snapshot_id=3, splits={"train": train}))
+    assert 'class="soundsight-trained-on-audio"' in line
+    assert "trained on snapshot 3 (120 training examples)" in line
+    before_snapshots = render.trained_on_html(a_manifest(created="2025-01-02T03:04:05+00:00"))
+    assert "trained on the dataset of 2025-01-02T03:04:05+00:00 (0 training examples)" in before_snapshots
 
 
 def test_paths_reach_the_kernel_through_the_environment(tmp_path):

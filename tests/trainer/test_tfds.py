@@ -1,9 +1,11 @@
-"""A dataset folder is also a TensorFlow Datasets dataset: `tfds.builder_from_directory` reads it."""
+"""A snapshot is also a TensorFlow Datasets dataset: `tfds.builder_from_directories` reads its spans."""
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from beam_jobs.dataset_layout import TFDS_INFO_NAME
+from beam_jobs.dataset_layout import TFDS_INFO_NAME, span_dir
 from trainer.data import load_manifest, make_dataset
 
 
@@ -11,7 +13,7 @@ from trainer.data import load_manifest, make_dataset
 def test_tfds_reads_every_split_with_the_tensor_and_the_named_label(data_dirs, modality):
     data_dir = str(data_dirs[modality])
     manifest = load_manifest(data_dir)
-    builder = tfds.builder_from_directory(data_dir)
+    builder = tfds.builder_from_directories([span_dir(data_dir, span) for span in manifest.spans])
 
     assert builder.info.features["label"].names == manifest.labels
     assert builder.info.supervised_keys == ("tensor", "label")
@@ -29,4 +31,6 @@ def test_tfds_reads_every_split_with_the_tensor_and_the_named_label(data_dirs, m
 
 def test_gzip_shards_get_no_tfds_metadata(gzip_audio_dir):
     # TFDS reads uncompressed TFRecord only (core/file_adapters.py), so it is not told otherwise.
-    assert not (gzip_audio_dir / TFDS_INFO_NAME).exists()
+    spans = load_manifest(str(gzip_audio_dir)).spans
+    assert spans and not any(pathlib.Path(span_dir(str(gzip_audio_dir), span), TFDS_INFO_NAME).exists()
+                             for span in spans)

@@ -1,11 +1,7 @@
 """Raw files -> beam_jobs.preprocess -> trainer.train -> evaluate -> predict, on toy tones and shapes."""
 import json
-import os
+import pathlib
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
@@ -14,8 +10,9 @@ import tensorflow as tf
 from PIL import Image
 
 from beam_jobs.config import ConfigError
+from beam_jobs.dataset_layout import snapshot_path
 from beam_jobs.errors import InvalidInputError
-from toy_data import REPO, TOY_CONFIG, run_python
+from toy_data import TOY_CONFIG, kill_training_after, run_python
 from trainer import evaluate, predict
 from trainer.config import TrainConfig
 from trainer.data import load_manifest
@@ -30,7 +27,10 @@ def test_training_writes_the_model_dir(model_dirs, data_dirs, modality):
         assert (model_dir / name).exists(), f"{name} missing from {model_dir}"
     assert not (model_dir / "backup").exists(), "the backup is removed once training has finished"
     assert list((model_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
-    assert (model_dir / "dataset.json").read_text() == (data_dirs[modality] / "dataset.json").read_text()
+    trained_on = json.loads((model_dir / "train_config.json").read_text())["snapshot"]
+    assert trained_on == load_manifest(str(data_dirs[modality])).snapshot_id == 1
+    assert (model_dir / "dataset.json").read_text() == \
+        pathlib.Path(snapshot_path(str(data_dirs[modality]), trained_on)).read_text(), "the snapshot's own manifest"
     history = json.loads((model_dir / "history.json").read_text())
     assert history["epoch"] == list(range(1, len(history["epoch"]) + 1))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
@@ -57,6 +57,7 @@ def test_evaluate_writes_metrics_and_pictures(model_dirs, data_dirs, modality):
     manifest = load_manifest(str(data_dirs[modality]))
     assert metrics["num_examples"] == manifest.splits["test"].num_examples
     assert metrics["labels"] == manifest.labels
+    assert (metrics["snapshot"], metrics["training_snapshot"]) == (manifest.snapshot_id, 1)
     assert np.array(metrics["confusion_matrix"]).shape == (3, 3)
     assert np.sum(metrics["confusion_matrix"]) == metrics["num_examples"]
     assert metrics["accuracy"] >= 0.8, f"a separable toy problem, chance is 0.33: {metrics['accuracy']}"
@@ -163,17 +164,7 @@ def test_killed_training_resumes_from_its_last_epoch(data_dirs, tmp_path):
     model_dir = tmp_path / "model"
     args = ["-m", "trainer.train", "--data_dir", str(data_dirs["audio"]), "--model_dir", str(model_dir),
             "--epochs", "10", "--batch_size", "2", "--patience", "10"]
-    metadata = model_dir / "backup" / "training_metadata.json"
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (metadata.exists() and _epoch(metadata) >= 2):
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "no epoch finished in time"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_after = _epoch(metadata)
+    killed_after = kill_training_after(args, model_dir=model_dir, epochs=2)
     assert 2 <= killed_after < 10 and not (model_dir / "history.json").exists()
 
     output = run_python(*args).stdout
@@ -183,14 +174,7 @@ def test_killed_training_resumes_from_its_last_epoch(data_dirs, tmp_path):
     assert history["epoch"] == list(range(1, 11)), "every epoch exactly once across both runs"
 
 
-def _epoch(metadata_path) -> int:
-    try:
-        return json.loads(metadata_path.read_text())["epoch"]
-    except (json.JSONDecodeError, FileNotFoundError):
-        return 0  # caught mid-write; the next poll reads it whole
-
-
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "deleted"])
 def test_a_broken_shard_is_named_with_the_command_that_checks_the_dataset(data_dirs, tmp_path, capsys, damage):
     data_dir = tmp_path / "audio"
     shutil.copytree(data_dirs["audio"], data_dir)
@@ -198,9 +182,12 @@ def test_a_broken_shard_is_named_with_the_command_that_checks_the_dataset(data_d
     data = bytearray(shard.read_bytes())
     if damage == "flipped byte":
         data[len(data) // 2] ^= 0xFF
-    else:
+    elif damage == "truncated":
         del data[len(data) // 2:]
-    shard.write_bytes(bytes(data))
+    if damage == "deleted":  # and no tombstone says that retention deleted it
+        shard.unlink()
+    else:
+        shard.write_bytes(bytes(data))
 
     status = train_main(["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"), "--epochs", "1",
                          "--batch_size", "8"])

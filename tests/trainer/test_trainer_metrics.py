@@ -1,4 +1,4 @@
-"""trainer.evaluate.classification_metrics and trainer.plots on small known inputs."""
+"""trainer.evaluate.classification_metrics, trainer.plots and what metrics say of their data, on small inputs."""
 import io
 
 import numpy as np
@@ -7,6 +7,7 @@ from PIL import Image
 
 from trainer import plots
 from trainer.evaluate import classification_metrics
+from trainer.model_dir import describe_snapshots
 
 
 def test_metrics_of_a_known_confusion():
@@ -34,3 +35,12 @@ def test_training_curves_png():
                "val_accuracy": [0.3, 0.55, 0.7], "best_epoch": 3, "best_val_accuracy": 0.7}
     with Image.open(io.BytesIO(plots.training_curves_png(history=history, title="t"))) as image:
         assert image.format == "PNG" and image.size[0] > image.size[1]
+
+
+def test_metrics_name_the_snapshots_they_come_from():
+    assert describe_snapshots({"snapshot": 3, "training_snapshot": 2, "data_dir": "out/audio"}) == \
+        "trained on snapshot 2; evaluated on snapshot 3 of out/audio"
+    assert describe_snapshots({"snapshot": None, "training_snapshot": None, "data_dir": "old/audio"}) == \
+        "trained on data written before snapshots; evaluated on data written before snapshots of old/audio"
+    assert describe_snapshots({"data_dir": "out/audio"}) == \
+        "trained on an unrecorded snapshot; evaluated on an unrecorded snapshot of out/audio"

@@ -5,9 +5,13 @@ beam_jobs.preprocess`, in a subprocess: beam_jobs pulls in the `tfrecord`
 package, whose protobufs cannot share a process with TensorFlow.
 """
 import io
+import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -76,3 +80,28 @@ def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         pytest.fail(f"python {' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
                     f"{result.stderr[-3000:]}")
     return result
+
+
+def kill_training_after(args: list[str], *, model_dir: pathlib.Path, epochs: int) -> int:
+    """Runs `python ARGS` (a trainer.train command) and SIGKILLs it once `epochs` epochs are backed up.
+
+    Returns the epochs BackupAndRestore had recorded when it was killed: where a resume starts.
+    """
+    metadata = model_dir / "backup" / "training_metadata.json"
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (metadata.exists() and _backed_up_epochs(metadata) >= epochs):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return _backed_up_epochs(metadata)
+
+
+def _backed_up_epochs(metadata_path: pathlib.Path) -> int:
+    try:
+        return json.loads(metadata_path.read_text())["epoch"]
+    except (json.JSONDecodeError, FileNotFoundError):
+        return 0  # caught mid-write; the next poll reads it whole

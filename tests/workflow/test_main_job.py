@@ -1,4 +1,5 @@
 """End to end: the main job in quick mode on tiny corpora, down to the report's pictures."""
+import dataclasses
 import json
 import re
 import subprocess
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from workflow.main import QUICK, build_model_stages
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["dog", "yes", "zero"]
@@ -42,9 +45,27 @@ def test_quick_main_job_writes_a_complete_report(tmp_path):
 
     metrics = json.loads((tmp_path / "models" / "image" / "metrics-test.json").read_text())
     assert metrics["num_examples"] == 10 * 12, "Fashion-MNIST's official test images, 12 per class"
+    assert (metrics["snapshot"], metrics["training_snapshot"]) == (1, 1)
     assert "accuracy, Fashion-MNIST, official test split" in first.stdout
+    assert f"--data_dir {tmp_path}/data/tfrecords/image --snapshot 1 --model_dir" in first.stdout, \
+        "training pins the snapshot that preprocessing committed"
+    assert page.count("The model was trained on snapshot 1; evaluated on snapshot 1 of ") == 3
 
     second = run_main_job(tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     assert second.stdout.count("up to date: skipped") == first.stdout.count("$ "), \
         "a second run with nothing changed should skip every stage"
+
+
+def test_training_and_evaluation_stages_name_the_pinned_snapshots(tmp_path):
+    job = dataclasses.replace(QUICK, work_dir=tmp_path)
+    audio, image = job.data.dataset("audio"), job.data.dataset("image")
+    stages = {stage.name: stage.command
+              for stage in build_model_stages(job, snapshots={audio: 4, image: None, job.festival_dataset: 2})}
+
+    def snapshot_flag(command: list[str]) -> list[str]:
+        return command[command.index("--snapshot"):command.index("--snapshot") + 2] if "--snapshot" in command else []
+
+    assert snapshot_flag(stages["train-audio"]) == snapshot_flag(stages["evaluate-audio"]) == ["--snapshot", "4"]
+    assert snapshot_flag(stages["evaluate-festival"]) == ["--snapshot", "2"]
+    assert snapshot_flag(stages["train-image"]) == [], "a dataset written before snapshots has none to name"
