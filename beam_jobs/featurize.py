@@ -15,7 +15,7 @@ from beam_jobs.input_tree import join_root
 from beam_jobs.modality import Modality
 from beam_jobs.progress import ProgressFile
 from beam_jobs.records import encode_input_file
-from beam_jobs.sharding import PartWriter, shard_order
+from beam_jobs.sharding import PartWriter, ShardPart, shard_order
 
 _OPEN_SHARDS = 8  # earlier shards a worker keeps open while it copies records out of them
 
@@ -55,7 +55,7 @@ class RecordCopier:
 
 
 class FeaturizePart(beam.DoFn):
-    """((split, shard index, part), [work item line]) -> ShardPart; a JSON error row on ERRORS per bad file.
+    """((split, shard index, part), [work item line]) -> the part's ShardPart, and a JSON error row (str) per bad file.
 
     Handles the part's work items (`beam_jobs.plan`) one at a time in
     `shard_order` and streams each record into the part's temporary file, so a
@@ -66,8 +66,10 @@ class FeaturizePart(beam.DoFn):
     other exception is a bug or an I/O failure and fails the bundle, so the
     runner retries or stops. `vocabulary` is {label name: index}; `roots` are
     the modality's roots, which the items' root indices point into.
+
+    One output, not tagged outputs: runners implement those unevenly (Beam's
+    DaskRunner hands every consumer all of them); `SplitOutputs` separates them.
     """
-    ERRORS = "errors"
 
     def __init__(self, *, spec: Modality, config, dataset_dir: str, temp_dir: str, roots: tuple[str, ...],
                  vocabulary: dict[str, int], progress_dir: str):
@@ -97,9 +99,8 @@ class FeaturizePart(beam.DoFn):
                         label_name, serialized = self._record(item, copier)
                     except InvalidInputError as error:
                         self._counters.inc("errors")
-                        yield beam.pvalue.TaggedOutput(self.ERRORS, json.dumps({
-                            **dict(zip(("root", "path", "size", "mtime", "split"), file_row)),
-                            "reason": str(error)}, sort_keys=True))
+                        yield json.dumps({**dict(zip(("root", "path", "size", "mtime", "split"), file_row)),
+                                          "reason": str(error)}, sort_keys=True)
                         continue
                     writer.write(serialized, label_name=label_name, file_row=file_row)
                     pause_if_asked("featurizing")
@@ -125,3 +126,11 @@ class FeaturizePart(beam.DoFn):
 
     def finish_bundle(self):
         self._progress.write()
+
+
+class SplitOutputs(beam.PTransform):
+    """FeaturizePart's output -> (its ShardParts, its error rows), by type."""
+
+    def expand(self, outputs):
+        return (outputs | "ShardParts" >> beam.Filter(lambda output: isinstance(output, ShardPart)),
+                outputs | "ErrorRows" >> beam.Filter(lambda output: isinstance(output, str)))

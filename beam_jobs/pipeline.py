@@ -20,7 +20,7 @@ import apache_beam as beam
 import beam_jobs
 from beam_jobs import features
 from beam_jobs.assign import key_by_part
-from beam_jobs.featurize import FeaturizePart
+from beam_jobs.featurize import FeaturizePart, SplitOutputs
 from beam_jobs.labels import index_labels
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.plan import ModalityPlan
@@ -62,7 +62,7 @@ class WriteSpan(beam.PTransform):
         job, settings = self._job, self._settings
         modality = job.plan.modality
         spec, config = settings.specs[modality], settings.configs[modality]
-        featurized = (
+        shard_parts, error_rows = (
             pipeline
             | "ReadWorkItems" >> beam.io.ReadFromText(job.work_path)
             | "KeyByPart" >> beam.Map(
@@ -75,19 +75,32 @@ class WriteSpan(beam.PTransform):
             | "FeaturizeParts" >> beam.ParDo(
                 FeaturizePart(spec=spec, config=config, dataset_dir=settings.dataset_dir(modality),
                               temp_dir=job.temp_dir, roots=settings.roots[modality],
-                              vocabulary=index_labels(job.plan.labels), progress_dir=self._progress_dir),
-            ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
-        return (featurized.shard_parts
+                              vocabulary=index_labels(job.plan.labels), progress_dir=self._progress_dir))
+            | "SplitOutputs" >> SplitOutputs())
+        return (shard_parts
                 | "WriteShards" >> WriteShards(temp_dir=job.temp_dir, compression=settings.compression)
                 | "PublishSpan" >> PublishSpan(
                     span_dir=job.span_dir,
                     template=manifest_template(modality, settings, labels=job.plan.labels, created=self._created),
-                    error_rows=featurized[FeaturizePart.ERRORS]))
+                    error_rows=error_rows))
+
+
+def check_spans(span_dirs: list[str], *, expected: list[str]) -> None:
+    if sorted(span_dirs) != sorted(expected):
+        raise RuntimeError(f"the pipeline published the spans {sorted(span_dirs)}, not {sorted(expected)}")
 
 
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings, *, jobs: list[SpanJob], created: str,
                    progress_dir: str) -> None:
-    """Adds one branch per job to `pipeline`; they run in parallel."""
-    for job in jobs:
-        _ = pipeline | f"Write{job.plan.modality.capitalize()}Span" >> WriteSpan(
-            job=job, settings=settings, created=created, progress_dir=progress_dir)
+    """Adds one branch per job to `pipeline`, in parallel, and one last step that needs them all.
+
+    The last step checks that every span was published: with one sink, a runner
+    that computes only what a sink needs (Beam's DaskRunner) computes every branch.
+    """
+    spans = [pipeline | f"Write{job.plan.modality.capitalize()}Span" >> WriteSpan(
+                 job=job, settings=settings, created=created, progress_dir=progress_dir)
+             for job in jobs]
+    _ = (spans
+         | "FlattenSpans" >> beam.Flatten()
+         | "CollectSpans" >> beam.combiners.ToList()
+         | "CheckSpans" >> beam.Map(check_spans, expected=[job.span_dir for job in jobs]))

@@ -306,10 +306,11 @@ def test_gzip_shards_tf_data_and_the_tfrecord_package_read_the_same_examples(bas
     for run in (base_run, gzipped):
         for modality, manifest in run.manifests.items():
             examples = load_examples(pathlib.Path(run.output_dir), manifest, example_parser)
+            in_file_order = json.loads(pathlib.Path(run.manifest_paths[modality]).read_text())["splits"]
             expected = [[example["id"].decode(), int(example["label"][0]), manifest.tensor_shape,
                          float(bytes_to_tensor(example["tensor"], dtype=manifest.tensor_dtype,
                                                shape=manifest.tensor_shape).sum(dtype=np.float64))]
-                        for split in manifest.splits for example in examples[split]]
+                        for split in in_file_order for example in examples[split]]
             got = read_with_tf_data(run.manifest_paths[modality])
             assert [row[:3] for row in got] == [row[:3] for row in expected]
             np.testing.assert_allclose([row[3] for row in got], [row[3] for row in expected], rtol=1e-6)
