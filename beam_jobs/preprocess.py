@@ -41,7 +41,7 @@ from beam_jobs.pipeline import SpanJob, build_pipeline, manifest_template  # noq
 from beam_jobs.plan import ModalityPlan, list_input_files, make_plan, read_base_index  # noqa: E402
 from beam_jobs.progress import ProgressLine, write_matched_count  # noqa: E402
 from beam_jobs.records import ErrorRow  # noqa: E402
-from beam_jobs.runners import with_default_runner  # noqa: E402
+from beam_jobs.runners import pipeline_options  # noqa: E402
 from beam_jobs.runs import (clean_debris, new_run_id, release_lease, snapshots_in_use, take_lease,  # noqa: E402
                             write_lease)
 from beam_jobs.settings import Settings, parse_settings  # noqa: E402
@@ -55,8 +55,6 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     With a `progress_stream` (a terminal or log), a progress line is shown on it while the pipeline runs.
     """
     settings, pipeline_args = parse_settings(argv)
-    options = PipelineOptions(with_default_runner(pipeline_args))
-    options.view_as(SetupOptions).save_main_session = save_main_session
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
     output_dir = settings.output_dir
@@ -73,6 +71,9 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
         jobs = [write_work_list(plan, settings=settings, run_id=run_id, temp_dir=temp_dir)
                 for plan in plans.values() if plan.work]
         if jobs:
+            options = pipeline_options(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
+                                       in_process_below=settings.in_process_below)
+            options.view_as(SetupOptions).save_main_session = save_main_session
             run_pipeline(jobs, settings=settings, options=options, created=created, progress_dir=f"{temp_dir}/progress",
                          progress_stream=progress_stream)
             pause_if_asked("span_written")

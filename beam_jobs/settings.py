@@ -40,6 +40,7 @@ class Settings:
     compact: bool = False  # rewrite all the records into one evenly sharded span
     keep_snapshots: int = 5  # committed snapshots whose files are kept; older ones are removed
     max_spans: int = 16  # a re-ingest that would leave more spans compacts instead
+    in_process_below: int = 2000  # FnApiRunner runs fewer files than this in the launching process
 
     @property
     def specs(self) -> dict[str, Modality]:
@@ -85,6 +86,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "(never the current one); readers that pinned one are told it was removed")
     parser.add_argument("--max_spans", type=int, default=16,
                         help="compact when a re-ingest would leave a snapshot of more spans than this")
+    parser.add_argument("--in_process_below", type=int, default=2000, metavar="FILES",
+                        help="on FnApiRunner, run a work list of fewer files in this process instead of "
+                             "starting worker processes, each of which costs about 2 CPU s; 0: never")
     console.add_verbose_flag(parser)
     for config_class in [spec.config_class for spec in MODALITIES.values()] + [SplitConfig]:
         config_lib.add_flags(parser, config_class)
@@ -148,6 +152,8 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
         parser.error(f"--num_shards={args.num_shards}: must be >= 1")
     if args.shard_size_mb <= 0:
         parser.error(f"--shard_size_mb={args.shard_size_mb}: must be > 0")
+    if args.in_process_below < 0:
+        parser.error(f"--in_process_below={args.in_process_below}: must be >= 0")
     for flag in ("keep_snapshots", "max_spans"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
@@ -161,5 +167,5 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
                       for name in MODALITIES},
         shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
         compression="GZIP" if args.compression == "gzip" else None, full=args.full, compact=args.compact,
-        keep_snapshots=args.keep_snapshots, max_spans=args.max_spans)
+        keep_snapshots=args.keep_snapshots, max_spans=args.max_spans, in_process_below=args.in_process_below)
     return settings, pipeline_args

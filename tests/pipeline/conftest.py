@@ -15,7 +15,9 @@ from scipy.io import wavfile
 
 # Explicit runner variants for the tests that compare them; the default lives in beam_jobs.runners.
 IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
-MULTI_PROCESSING = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+# Worker processes even for the tests' small trees, which the launcher would otherwise run in-process.
+MULTI_PROCESSING = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                    "--in_process_below=0"]
 
 
 def sine(frequency: float, *, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

@@ -29,15 +29,25 @@ def test_help_starts_with_usage_and_names_the_cluster_flags():
 
 def test_a_run_prints_progress_and_the_summary_and_none_of_beams_chatter(small_tree, tmp_path):
     # The default runner: FnApiRunner with a worker process per core, whose start-up chatter is filtered.
-    completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path}")
+    completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path}", "--in_process_below=0")
 
     assert completed.returncode == 0, completed.stderr
-    assert "audio: 12 examples and 0 errors from 12 input files" in completed.stdout
+    assert "audio: committed snapshot 1: 12 examples and 0 errors from 12 input files" in completed.stdout
     assert "audio: 12 of 12 files (100%)" in completed.stderr
     for chatter in ("INFO:", "apitools", "semi_persistent_directory", "Worker:", "WARNING"):
         assert chatter not in completed.stdout + completed.stderr, chatter
     assert len(completed.stderr.splitlines()) <= 3, completed.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["audio", "errors.jsonl"], "no progress left over"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".runs", "audio", "errors.jsonl"], (
+        "no progress or temporary files left over")
+    assert not list((tmp_path / ".runs").iterdir()), "the run gave its lease back"
+
+
+def test_a_small_run_on_the_default_runner_runs_in_process_and_says_nothing_of_it(small_tree, tmp_path):
+    completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path}")
+
+    assert completed.returncode == 0, completed.stderr
+    assert "audio: committed snapshot 1: 12 examples and 0 errors from 12 input files" in completed.stdout
+    assert "WARNING" not in completed.stdout + completed.stderr, completed.stderr
 
 
 def test_an_output_dir_that_is_a_file_fails_at_start_in_one_line(small_tree, tmp_path):

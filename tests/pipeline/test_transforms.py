@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -21,13 +21,14 @@ from beam_jobs.audio import AUDIO, AudioConfig
 from beam_jobs.config import SplitConfig
 from beam_jobs.error_rows import write_error_rows
 from beam_jobs.examples import encode_example
-from beam_jobs.featurize import FeaturizePart
+from beam_jobs.featurize import FeaturizePart, SplitOutputs
 from beam_jobs.image import IMAGE, ImageConfig
 from beam_jobs.input_files import read_at_most, read_text_if_present
 from beam_jobs.input_tree import class_folder, classify, join_root, read_split_lists, relative_to_root
 from beam_jobs.labels import extend_labels, index_labels
 from beam_jobs.plan import list_input_files
 from beam_jobs.records import ErrorRow
+from beam_jobs.runners import pipeline_options
 from beam_jobs.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import SplitRule
@@ -146,12 +147,13 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
     config = AudioConfig(max_file_bytes=10**6)
     bad_only = [work_line(1, "no/empty.wav", 0)]
 
-    outputs = (pipeline
-               | beam.Create([(("test", 2, 1), items), (("train", 0, 0), bad_only)])
-               | beam.ParDo(FeaturizePart(spec=AUDIO, config=config, dataset_dir=str(out), temp_dir=str(out / "tmp"),
-                                          roots=(str(tmp_path / "elsewhere"), root), vocabulary={"no": 0, "yes": 1},
-                                          progress_dir=str(tmp_path / "progress"))
-                            ).with_outputs(FeaturizePart.ERRORS, main="shard_parts"))
+    shard_parts, error_rows = (
+        pipeline
+        | beam.Create([(("test", 2, 1), items), (("train", 0, 0), bad_only)])
+        | beam.ParDo(FeaturizePart(spec=AUDIO, config=config, dataset_dir=str(out), temp_dir=str(out / "tmp"),
+                                   roots=(str(tmp_path / "elsewhere"), root), vocabulary={"no": 0, "yes": 1},
+                                   progress_dir=str(tmp_path / "progress")))
+        | SplitOutputs())
 
     def check_shard_parts(shard_parts):
         [shard_part] = shard_parts  # the part whose only file fails writes no file
@@ -182,8 +184,8 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
                                "good.wav": "over the limit", "gone.wav": "carried reason"}.items():
             assert expected in reasons[name], f"{name}: {reasons[name]!r} lacks {expected!r}"
 
-    assert_that(outputs.shard_parts, check_shard_parts, label="CheckShardParts")
-    assert_that(outputs[FeaturizePart.ERRORS], check_errors, label="CheckErrors")
+    assert_that(shard_parts, check_shard_parts, label="CheckShardParts")
+    assert_that(error_rows, check_errors, label="CheckErrors")
     pipeline.run()
     [part_file] = (out / "tmp").iterdir()
     assert part_file.name.startswith("part-test-00002-00001-"), part_file.name
@@ -399,3 +401,23 @@ def checked_shard_files(expected: list[tuple], *, temp_dir):
             assert (shard_file.num_bytes, shard_file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
     return check
+
+
+def test_a_small_work_list_runs_in_process_and_other_runners_are_left_alone():
+    two_workers = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                   "--project=kept"]
+
+    small = pipeline_options(two_workers, num_files=450, in_process_below=2000)
+    large = pipeline_options(two_workers, num_files=3500, in_process_below=2000)
+    never = pipeline_options(two_workers, num_files=1, in_process_below=0)
+    default = pipeline_options([], num_files=10, in_process_below=2000)
+    prism = pipeline_options(["--runner=PrismRunner"], num_files=10, in_process_below=2000)
+
+    assert (small.view_as(DirectOptions).direct_running_mode, small.view_as(DirectOptions).direct_num_workers) == (
+        "in_memory", 1)
+    assert small.get_all_options()["project"] == "kept", "the other flags stay"
+    assert large.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    assert never.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    assert default.view_as(DirectOptions).direct_running_mode == "in_memory"
+    assert prism.view_as(StandardOptions).runner == "PrismRunner"
+    assert prism.view_as(DirectOptions).direct_running_mode == "in_memory", "Beam's own default, untouched"
