@@ -16,8 +16,10 @@ import os
 import sys
 import threading
 
-# Notices Beam prints in every local run, which no user can act on.
-_BEAM_NOTICES = ("apitools not found", "No semi_persistent_directory found")
+# Notices Beam prints in every local run, which no user can act on; the last two, at warning level, in
+# every run that starts Prism as a subprocess.
+_BEAM_NOTICES = ("apitools not found", "No semi_persistent_directory found", "Really starting service at",
+                 "Really destroying service at")
 # A worker process logs with logging's default format; its info lines are Beam's own start-up steps.
 _WORKER_CHATTER_PREFIXES = ("INFO:", "DEBUG:")
 
@@ -26,6 +28,14 @@ class _DropBeamNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(notice in str(record.msg) for notice in _BEAM_NOTICES) and not any(
             notice in str(arg) for arg in (record.args or ()) if isinstance(arg, str) for notice in _BEAM_NOTICES)
+
+
+class _DropBeamInfo(logging.Filter):
+    """Drops info lines logged by Beam's code whatever the logger: the portable runners log job states
+    ("running job-001[job]") through the root logger and Prism's through one named PrismRunner."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
 def quiet_beam_import() -> None:
@@ -96,3 +106,4 @@ def configure_logging(*, verbose: bool, stream=None) -> None:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_DropBeamNotices())
+            handler.addFilter(_DropBeamInfo())

@@ -1,9 +1,14 @@
-"""The one default Beam runner of soundsight, used when a command names none, and when it runs in-process.
+"""The one default Beam runner of soundsight, used when a command names none; the Prism binary; in-process runs.
 
 FnApiRunner with one SDK worker process per core: Beam's own DirectRunner
 (2.77) first hands a pipeline to Prism, which it tries to download from the
 internet when no binary is given, before falling back to this very runner.
 Naming it directly runs the same pipeline, byte for byte, with no download.
+
+A run on Prism (`--runner=PrismRunner`, or DirectRunner, which tries Prism
+first) gets `--prism_location` of the binary `scripts/bootstrap.sh` built from
+the Go module proxy for the installed Beam (`find_prism`), so that no run ever
+downloads one.
 
 A small work list runs in the launching process instead (`in_process_if_small`):
 each FnApiRunner worker process costs about 2 CPU seconds to start (Python and
@@ -11,6 +16,10 @@ Beam's imports) and stop, more than featurizing a few thousand files; a nightly
 re-ingest of a few hundred new files would spend most of its time on that.
 The output is the same, byte for byte.
 """
+import os
+import shutil
+import sys
+
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 IN_PROCESS_BELOW_FILES = 2000
@@ -18,11 +27,29 @@ IN_PROCESS_BELOW_FILES = 2000
 DEFAULT_RUNNER_FLAGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0")
 
 
+PRISM_RUNNERS = ("PrismRunner", "DirectRunner")  # the runners that start a Prism binary
+
+
+def find_prism() -> str | None:
+    """The Prism binary: $SOUNDSIGHT_PRISM, else `prism` beside this Python (the venv's bin), else on PATH."""
+    beside_python = os.path.join(os.path.dirname(sys.executable), "prism")
+    for candidate in (os.environ.get("SOUNDSIGHT_PRISM"), beside_python, shutil.which("prism")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def with_default_runner(pipeline_args: list[str]) -> list[str]:
-    """`pipeline_args`, plus the default runner's flags when they name no --runner."""
-    if any(arg == "--runner" or arg.startswith("--runner=") for arg in pipeline_args):
-        return list(pipeline_args)
-    return [*DEFAULT_RUNNER_FLAGS, *pipeline_args]
+    """`pipeline_args`, plus the default runner's flags when they name no --runner, and the Prism
+    binary's location when they name a runner that starts Prism and give none."""
+    args = list(pipeline_args)
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in args):
+        return [*DEFAULT_RUNNER_FLAGS, *args]
+    runner = PipelineOptions(args).view_as(StandardOptions).runner
+    prism = find_prism()
+    if runner in PRISM_RUNNERS and prism and not any(arg.startswith("--prism_location") for arg in args):
+        args.append(f"--prism_location={prism}")
+    return args
 
 
 def pipeline_options(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> PipelineOptions:

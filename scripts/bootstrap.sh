@@ -44,3 +44,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$requirements_hash" ]; then
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$requirements_hash" > "$stamp"
 fi
+
+# Prism, Beam's portable runner, for the installed Beam: built from the Go module proxy when Go is here,
+# so that no --runner=PrismRunner run downloads it (beam_jobs/runners.py finds it beside the venv's
+# Python). Without Go, Beam downloads its own on the first Prism run, where the internet is reachable.
+beam_version="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("apache-beam"))')"
+if [ "$(cat "$venv/bin/prism.version" 2>/dev/null)" != "$beam_version" ]; then
+  if command -v go >/dev/null; then
+    echo "[bootstrap] building Prism v$beam_version into $venv/bin (first time: a few minutes)"
+    GOBIN="$venv/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$beam_version"
+    echo "$beam_version" > "$venv/bin/prism.version"
+  else
+    echo "[bootstrap] no Go toolchain: Prism is not built; a Prism run downloads Beam's own binary" >&2
+  fi
+fi

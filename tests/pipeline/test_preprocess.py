@@ -1,12 +1,16 @@
 """End to end: `preprocess.run([...])` on a small generated tree with good, bad and skipped files."""
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import json
+import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import crc32c
 import numpy as np
@@ -24,6 +28,7 @@ SPAN_METADATA = {SPAN_MANIFEST_NAME, SPAN_FILES_NAME, SPAN_ERRORS_NAME}  # besid
 DATASET_FOLDER = {MANIFEST_NAME, "snapshots", "spans"}
 from beam_jobs.features import FEATURES
 from beam_jobs.manifest import DatasetManifest
+from beam_jobs.runners import find_prism
 from beam_jobs.splits import SPLITS, SplitRule
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -249,6 +254,63 @@ def test_two_worker_processes_write_byte_identical_shards(base_run, tree, tmp_pa
     summary = run_pipeline(tree, tmp_path, *runner_flags["multi_processing"])
 
     assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path)
+    for modality, manifest in summary.manifests.items():
+        assert without_run(manifest) == without_run(base_run.manifests[modality])
+
+
+def test_prism_runs_the_pipeline_with_the_built_binary_and_writes_byte_identical_shards(base_run, tree, tmp_path):
+    assert find_prism(), "scripts/bootstrap.sh builds Prism into the venv; without it this run would download one"
+
+    summary = run_pipeline(tree, tmp_path, "--runner=PrismRunner")  # no --prism_location: soundsight finds it
+
+    assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path)
+    for modality, manifest in summary.manifests.items():
+        assert without_run(manifest) == without_run(base_run.manifests[modality])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], *, port: int, log: pathlib.Path):
+    """Runs `command` until the block ends, once it accepts connections on `port`.
+
+    With this venv first on PATH: Beam's worker pool starts each SDK worker as plain `python`.
+    """
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            assert process.poll() is None, f"{command[0]} exited: {log.read_text()}"
+            with socket.socket() as probe:
+                if probe.connect_ex(("localhost", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"{command} does not listen on {port} after 60 s: {log.read_text()}")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_prism_as_a_job_service_with_an_external_worker_pool_writes_byte_identical_shards(base_run, tree,
+                                                                                         tmp_path):
+    # The architecture of Dataflow Runner v2 and Flink: a job service, and SDK workers in processes of their own.
+    job_port, pool_port = free_port(), free_port()
+    out = tmp_path / "out"
+    with serving([find_prism(), f"--job_port={job_port}", "--serve_http=false"], port=job_port,
+                 log=tmp_path / "prism.log"), \
+            serving([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                     f"--service_port={pool_port}"], port=pool_port, log=tmp_path / "pool.log"):
+        summary = run_pipeline(tree, out, "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                               "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}")
+
+    assert_same_dataset(pathlib.Path(base_run.output_dir), out)
     for modality, manifest in summary.manifests.items():
         assert without_run(manifest) == without_run(base_run.manifests[modality])
 
