@@ -21,6 +21,7 @@ import beam_jobs
 from beam_jobs import features
 from beam_jobs.assign import key_by_part
 from beam_jobs.featurize import FeaturizePart, SplitOutputs
+from beam_jobs.input_files import read_text
 from beam_jobs.labels import index_labels
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.plan import ModalityPlan
@@ -48,6 +49,10 @@ class SpanJob:
     temp_dir: str
 
 
+def read_lines(path: str) -> list[str]:
+    return read_text(path).splitlines()
+
+
 class WriteSpan(beam.PTransform):
     """PBegin -> the span folder of one modality, once written whole."""
 
@@ -64,7 +69,9 @@ class WriteSpan(beam.PTransform):
         spec, config = settings.specs[modality], settings.configs[modality]
         shard_parts, error_rows = (
             pipeline
-            | "ReadWorkItems" >> beam.io.ReadFromText(job.work_path)
+            # A file read by a plain FlatMap, not ReadFromText, whose splittable read not every runner has.
+            | "WorkList" >> beam.Create([job.work_path])
+            | "ReadWorkItems" >> beam.FlatMap(read_lines)
             | "KeyByPart" >> beam.Map(
                 key_by_part, files_per_split=job.plan.files_per_split(),
                 record_bytes=record_bytes(spec, feature_shape=config.feature_shape),

@@ -315,6 +315,26 @@ def test_prism_as_a_job_service_with_an_external_worker_pool_writes_byte_identic
         assert without_run(manifest) == without_run(base_run.manifests[modality])
 
 
+def test_beams_dask_runner_on_a_cluster_of_worker_processes_writes_byte_identical_shards(base_run, tree,
+                                                                                         tmp_path):
+    # A dask.distributed cluster as users run one: a scheduler and two worker processes of their own. Dask
+    # may run a task again; the pipeline's outputs must not depend on a bundle running once.
+    scheduler_port = free_port()
+    address = f"tcp://127.0.0.1:{scheduler_port}"
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    out = tmp_path / "out"
+    with serving([dask, "scheduler", f"--port={scheduler_port}", "--no-dashboard"], port=scheduler_port,
+                 log=tmp_path / "scheduler.log"), \
+            serving([dask, "worker", address, "--nworkers=2", "--nthreads=1", "--no-dashboard"],
+                    port=scheduler_port, log=tmp_path / "workers.log"):
+        summary = run_pipeline(tree, out, "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                               f"--dask_client_address={address}")
+
+    assert_same_dataset(pathlib.Path(base_run.output_dir), out)
+    for modality, manifest in summary.manifests.items():
+        assert without_run(manifest) == without_run(base_run.manifests[modality])
+
+
 def read_with_tf_data(manifest_path: str) -> list[list]:
     """[id, label, shape, tensor sum] of every record, read by tf.data as the trainer reads shards."""
     spec = {f.name: tf.io.VarLenFeature(tf.int64) if f.length is None else
