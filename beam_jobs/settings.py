@@ -18,8 +18,13 @@ from beam_jobs.modalities import MODALITIES
 from beam_jobs.modality import Modality
 
 CLUSTER_HELP = """Flags this command does not know are Beam pipeline options. Those that matter beyond one machine:
-  --runner                       FnApiRunner (the default here), PrismRunner, PortableRunner, DataflowRunner, ...
+  --runner                       FnApiRunner (the default here), PrismRunner, PortableRunner, DataflowRunner,
+                                 apache_beam.runners.dask.dask_runner.DaskRunner, ...
   --direct_num_workers           worker processes of the local runner (0: one per core)
+  --prism_location               the Prism binary (default: the one scripts/bootstrap.sh built)
+  --job_endpoint, --environment_type=EXTERNAL, --environment_config=HOST:PORT
+                                 a job service (Prism, Flink) and an SDK worker pool
+  --dask_client_address tcp://HOST:8786    a dask.distributed scheduler
   --setup_file ./setup.py        ships beam_jobs to remote workers (Dataflow, Flink, Spark)
   --project, --region, --temp_location gs://...    Dataflow
   --verbose                      show Beam's own log lines too"""
