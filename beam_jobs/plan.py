@@ -35,8 +35,6 @@ from beam_jobs.settings import Settings
 from beam_jobs.splits import SplitRule
 from beam_jobs.storage import is_local
 
-DEFAULT_MAX_SPANS = 16  # a re-ingest that would leave more spans than this compacts instead
-
 
 @dataclasses.dataclass(frozen=True)
 class ListedFile:
@@ -148,7 +146,7 @@ class ModalityPlan:
 
 def make_plan(*, modality: str, settings: Settings, base: DatasetManifest | None, listed: list[ListedFile],
               listing_counts: dict[str, int], base_index: dict[tuple[int, str], dict] | None, full: bool,
-              compact: bool, max_spans: int = DEFAULT_MAX_SPANS) -> ModalityPlan:
+              compact: bool, max_spans: int) -> ModalityPlan:
     fixed_labels = settings.fixed_labels[modality]
     labels = list(fixed_labels) if fixed_labels is not None else extend_labels(
         tuple(base.labels) if base is not None else (), _class_folders(listed))

@@ -16,6 +16,10 @@ from beam_jobs.config import ConfigError, SplitConfig
 from beam_jobs.dataset_layout import dataset_dir
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.modality import Modality
+from beam_jobs.runners import IN_PROCESS_BELOW_FILES
+from beam_jobs.snapshots import DEFAULT_KEEP_SNAPSHOTS
+
+DEFAULT_MAX_SPANS = 16
 
 CLUSTER_HELP = """Flags this command does not know are Beam pipeline options. Those that matter beyond one machine:
   --runner                       FnApiRunner (the default here), PrismRunner, PortableRunner, DataflowRunner,
@@ -43,9 +47,9 @@ class Settings:
     compression: str | None  # None or "GZIP", as in the manifest and tf.data
     full: bool = False  # featurize every file, reusing nothing of the base snapshot
     compact: bool = False  # rewrite all the records into one evenly sharded span
-    keep_snapshots: int = 5  # committed snapshots whose files are kept; older ones are removed
-    max_spans: int = 16  # a re-ingest that would leave more spans compacts instead
-    in_process_below: int = 2000  # FnApiRunner runs fewer files than this in the launching process
+    keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS  # committed snapshots whose files are kept
+    max_spans: int = DEFAULT_MAX_SPANS  # a re-ingest that would leave more spans compacts instead
+    in_process_below: int = IN_PROCESS_BELOW_FILES  # FnApiRunner runs fewer files in the launching process
 
     @property
     def specs(self) -> dict[str, Modality]:
@@ -86,12 +90,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compact", action="store_true",
                         help="rewrite all the records into one new, evenly sharded span, as a full ingest "
                              "would shard them, copying unchanged records instead of featurizing them")
-    parser.add_argument("--keep_snapshots", type=int, default=5,
+    parser.add_argument("--keep_snapshots", type=int, default=DEFAULT_KEEP_SNAPSHOTS,
                         help="after a commit, delete the files of snapshots older than the newest N "
                              "(never the current one); readers that pinned one are told it was removed")
-    parser.add_argument("--max_spans", type=int, default=16,
+    parser.add_argument("--max_spans", type=int, default=DEFAULT_MAX_SPANS,
                         help="compact when a re-ingest would leave a snapshot of more spans than this")
-    parser.add_argument("--in_process_below", type=int, default=2000, metavar="FILES",
+    parser.add_argument("--in_process_below", type=int, default=IN_PROCESS_BELOW_FILES, metavar="FILES",
                         help="on FnApiRunner, run a work list of fewer files in this process instead of "
                              "starting worker processes, each of which costs about 2 CPU s; 0: never")
     console.add_verbose_flag(parser)

@@ -47,7 +47,7 @@ from beam_jobs.splits import SPLITS  # noqa: E402
 from beam_jobs.storage import AlreadyExistsError, create_exclusive, delete_tree, list_names  # noqa: E402
 from beam_jobs.storage import write_atomically  # noqa: E402
 
-DEFAULT_KEEP_SNAPSHOTS = 5
+DEFAULT_KEEP_SNAPSHOTS = 5  # the --keep_snapshots of beam_jobs.preprocess
 
 
 class SnapshotConflictError(RuntimeError):
@@ -150,7 +150,7 @@ def _base_words(snapshot_id: int | None) -> str:
 
 def committed_spans(dataset_dir: str) -> set[str]:
     """Every span any committed snapshot lists, removed ones included (their spans may be shared)."""
-    committed, removed = snapshot_ids(dataset_dir)
+    committed, _ = snapshot_ids(dataset_dir)
     spans = set()
     for snapshot_id in committed:
         spans.update(DatasetManifest.from_json(read_text(snapshot_path(dataset_dir, snapshot_id))).spans)
