@@ -13,6 +13,7 @@ branch reads its modality's work list and writes one new span:
 Nothing here commits: the launcher commits the snapshot after the pipeline
 (`beam_jobs.snapshots`).
 """
+import collections
 import dataclasses
 
 import apache_beam as beam
@@ -26,7 +27,8 @@ from beam_jobs.labels import index_labels
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.plan import ModalityPlan
 from beam_jobs.settings import Settings
-from beam_jobs.sharding import PublishSpan, WriteShards, record_bytes
+from beam_jobs.sharding import (ConcatenateParts, PublishSpan, PublishSpanFiles, ShardPart, WriteShards,
+                                record_bytes)
 
 
 def manifest_template(modality: str, settings: Settings, *, labels: list[str], created: str) -> DatasetManifest:
@@ -111,3 +113,39 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings, *, jobs: list[Sp
          | "FlattenSpans" >> beam.Flatten()
          | "CollectSpans" >> beam.combiners.ToList()
          | "CheckSpans" >> beam.Map(check_spans, expected=[job.span_dir for job in jobs]))
+
+
+def write_span_in_process(job: SpanJob, *, settings: Settings, created: str, progress_dir: str) -> str:
+    """WriteSpan's steps as a plain loop in this process, through the same DoFns: the same span, byte for byte.
+
+    For small work lists (`beam_jobs.runners.runs_in_process`), where building and
+    running a pipeline costs more than the work. Returns the span's folder.
+    """
+    modality = job.plan.modality
+    spec, config = settings.specs[modality], settings.configs[modality]
+    lines_by_part = collections.defaultdict(list)
+    for line in read_lines(job.work_path):
+        part, _ = key_by_part(line, files_per_split=job.plan.files_per_split(),
+                              record_bytes=record_bytes(spec, feature_shape=config.feature_shape),
+                              shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
+        lines_by_part[part].append(line)
+    featurize = FeaturizePart(spec=spec, config=config, dataset_dir=settings.dataset_dir(modality),
+                              temp_dir=job.temp_dir, roots=settings.roots[modality],
+                              vocabulary=index_labels(job.plan.labels), progress_dir=progress_dir)
+    featurize.setup()
+    parts_by_shard, error_lines = collections.defaultdict(list), []
+    for part in sorted(lines_by_part):
+        for output in featurize.process((part, lines_by_part[part])):
+            if isinstance(output, ShardPart):
+                parts_by_shard[(output.split, output.index)].append(output)
+            else:
+                error_lines.append(output)
+    featurize.finish_bundle()
+    concatenate = ConcatenateParts(temp_dir=job.temp_dir, compression=settings.compression)
+    shard_files = [shard_file for shard in sorted(parts_by_shard)
+                   for shard_file in concatenate.process((shard, parts_by_shard[shard]))]
+    publish = PublishSpanFiles(
+        span_dir=job.span_dir,
+        template=manifest_template(modality, settings, labels=job.plan.labels, created=created))
+    [span_dir] = publish.process(shard_files, error_lines)
+    return span_dir

@@ -37,11 +37,11 @@ from beam_jobs.dataset_layout import LEGACY_PATTERNS, errors_path, run_temp_dir,
 from beam_jobs.error_rows import write_error_rows  # noqa: E402
 from beam_jobs.failpoints import pause_if_asked  # noqa: E402
 from beam_jobs.input_tree import join_root  # noqa: E402
-from beam_jobs.pipeline import SpanJob, build_pipeline, manifest_template  # noqa: E402
+from beam_jobs.pipeline import SpanJob, build_pipeline, manifest_template, write_span_in_process  # noqa: E402
 from beam_jobs.plan import ModalityPlan, list_input_files, make_plan, read_base_index  # noqa: E402
 from beam_jobs.progress import ProgressLine, write_matched_count  # noqa: E402
 from beam_jobs.records import ErrorRow  # noqa: E402
-from beam_jobs.runners import pipeline_options  # noqa: E402
+from beam_jobs.runners import runs_in_process, with_default_runner  # noqa: E402
 from beam_jobs.runs import (clean_debris, new_run_id, release_lease, snapshots_in_use, take_lease,  # noqa: E402
                             write_lease)
 from beam_jobs.settings import Settings, parse_settings  # noqa: E402
@@ -71,11 +71,12 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
         jobs = [write_work_list(plan, settings=settings, run_id=run_id, temp_dir=temp_dir)
                 for plan in plans.values() if plan.work]
         if jobs:
-            options = pipeline_options(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
-                                       in_process_below=settings.in_process_below)
+            in_process = runs_in_process(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
+                                         in_process_below=settings.in_process_below)
+            options = PipelineOptions(with_default_runner(pipeline_args))
             options.view_as(SetupOptions).save_main_session = save_main_session
-            run_pipeline(jobs, settings=settings, options=options, created=created, progress_dir=f"{temp_dir}/progress",
-                         progress_stream=progress_stream)
+            run_pipeline(jobs, settings=settings, options=None if in_process else options, created=created,
+                         progress_dir=f"{temp_dir}/progress", progress_stream=progress_stream)
             pause_if_asked("span_written")
         outcomes = {modality: commit_modality(plan, settings=settings, run_id=run_id, created=created,
                                               wrote_span=any(job.plan is plan for job in jobs))
@@ -110,13 +111,18 @@ def write_work_list(plan: ModalityPlan, *, settings: Settings, run_id: str, temp
                    temp_dir=f"{temp_dir}/{plan.modality}")
 
 
-def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOptions, created: str,
+def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOptions | None, created: str,
                  progress_dir: str, progress_stream) -> None:
+    """Writes every job's span: on the runner of `options`, or, with None, in this process."""
     for job in jobs:
         write_matched_count(len(job.plan.work), progress_dir=progress_dir, modality=job.plan.modality)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, settings, jobs=jobs, created=created, progress_dir=progress_dir)
     with ProgressLine(progress_dir, modalities=[job.plan.modality for job in jobs], stream=progress_stream):
+        if options is None:
+            for job in jobs:
+                write_span_in_process(job, settings=settings, created=created, progress_dir=progress_dir)
+            return
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, settings, jobs=jobs, created=created, progress_dir=progress_dir)
         pipeline.run().wait_until_finish()
 
 

@@ -10,11 +10,12 @@ first) gets `--prism_location` of the binary `scripts/bootstrap.sh` built from
 the Go module proxy for the installed Beam (`find_prism`), so that no run ever
 downloads one.
 
-A small work list runs in the launching process instead (`in_process_if_small`):
+A small work list runs in the launching process instead (`runs_in_process`),
+through the pipeline's own DoFns in a plain loop (`beam_jobs.pipeline.write_span_in_process`):
 each FnApiRunner worker process costs about 2 CPU seconds to start (Python and
-Beam's imports) and stop, more than featurizing a few thousand files; a nightly
-re-ingest of a few hundred new files would spend most of its time on that.
-The output is the same, byte for byte.
+Beam's imports) and stop, and building and running the pipeline about 2 s more,
+more than featurizing a few hundred files; a nightly re-ingest of a few hundred
+new files would spend most of its time on that. The output is the same, byte for byte.
 """
 import os
 import shutil
@@ -52,15 +53,10 @@ def with_default_runner(pipeline_args: list[str]) -> list[str]:
     return args
 
 
-def pipeline_options(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> PipelineOptions:
-    """The options of `pipeline_args` (with the default runner unless they name one), switched to
-    FnApiRunner's in-process mode when they would start its worker processes for fewer than
-    `in_process_below` files; other runners and larger work lists are left as they are."""
-    args = with_default_runner(pipeline_args)
-    options = PipelineOptions(args)
-    runner = options.view_as(StandardOptions).runner
-    if (runner in ("FnApiRunner", "DirectRunner") and num_files < in_process_below
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing"):
-        # One worker: Beam warns that more have no effect in-process.
-        return PipelineOptions(args, direct_running_mode="in_memory", direct_num_workers=1)
-    return options
+def runs_in_process(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> bool:
+    """Whether a work list of `num_files` skips the runner: FnApiRunner (or DirectRunner) would start worker
+    processes for fewer than `in_process_below` files. Other runners and larger work lists keep theirs."""
+    options = PipelineOptions(with_default_runner(pipeline_args))
+    return (options.view_as(StandardOptions).runner in ("FnApiRunner", "DirectRunner")
+            and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+            and num_files < in_process_below)

@@ -169,7 +169,7 @@ class PartWriter:
                                         self._num_bytes, self._rows)
 
 
-class _ConcatenateParts(beam.DoFn):
+class ConcatenateParts(beam.DoFn):
     """((split, index), [ShardPart]) -> ShardFile, after copying the parts in order into a temporary shard.
 
     The parts stay until the run deletes its temporary folder, so a retried bundle
@@ -220,7 +220,7 @@ class WriteShards(beam.PTransform):
                 | "KeyByShard" >> beam.Map(_key_by_shard)
                 | "GroupPartsByShard" >> beam.GroupByKey()
                 | "ConcatenateParts" >> beam.ParDo(
-                    _ConcatenateParts(temp_dir=self._temp_dir, compression=self._compression)))
+                    ConcatenateParts(temp_dir=self._temp_dir, compression=self._compression)))
 
 
 def rename_into_place(sources: list[str], destinations: list[str]) -> None:
@@ -254,7 +254,7 @@ def _jsonl(rows) -> bytes:
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8")
 
 
-class _PublishSpan(beam.DoFn):
+class PublishSpanFiles(beam.DoFn):
     """[ShardFile] -> the span's folder; side input: the span's error rows (JSON lines)."""
 
     def __init__(self, *, span_dir: str, template: DatasetManifest):
@@ -315,5 +315,5 @@ class PublishSpan(beam.PTransform):
         return (shard_files
                 | "CollectShards" >> beam.combiners.ToList()
                 | "RenameShardsAndWriteSpan" >> beam.ParDo(
-                    _PublishSpan(span_dir=self._span_dir, template=self._template),
+                    PublishSpanFiles(span_dir=self._span_dir, template=self._template),
                     error_lines=beam.pvalue.AsSingleton(error_lines)))

@@ -258,6 +258,16 @@ def test_two_worker_processes_write_byte_identical_shards(base_run, tree, tmp_pa
         assert without_run(manifest) == without_run(base_run.manifests[modality])
 
 
+def test_a_small_work_list_written_in_process_without_a_runner_is_byte_identical(base_run, tree, tmp_path):
+    # Two workers asked for, but 24 files: the launcher runs the pipeline's DoFns itself.
+    summary = run_pipeline(tree, tmp_path, "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+                           "--direct_num_workers=2")
+
+    assert_same_dataset(pathlib.Path(base_run.output_dir), tmp_path)
+    for modality, manifest in summary.manifests.items():
+        assert without_run(manifest) == without_run(base_run.manifests[modality])
+
+
 def test_prism_runs_the_pipeline_with_the_built_binary_and_writes_byte_identical_shards(base_run, tree, tmp_path):
     assert find_prism(), "scripts/bootstrap.sh builds Prism into the venv; without it this run would download one"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -28,7 +28,7 @@ from beam_jobs.input_tree import class_folder, classify, join_root, read_split_l
 from beam_jobs.labels import extend_labels, index_labels
 from beam_jobs.plan import list_input_files
 from beam_jobs.records import ErrorRow
-from beam_jobs.runners import pipeline_options
+from beam_jobs.runners import runs_in_process
 from beam_jobs.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
                                 record_bytes, shard_index)
 from beam_jobs.splits import SplitRule
@@ -404,20 +404,12 @@ def checked_shard_files(expected: list[tuple], *, temp_dir):
 
 
 def test_a_small_work_list_runs_in_process_and_other_runners_are_left_alone():
-    two_workers = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                   "--project=kept"]
+    two_workers = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
-    small = pipeline_options(two_workers, num_files=450, in_process_below=2000)
-    large = pipeline_options(two_workers, num_files=3500, in_process_below=2000)
-    never = pipeline_options(two_workers, num_files=1, in_process_below=0)
-    default = pipeline_options([], num_files=10, in_process_below=2000)
-    prism = pipeline_options(["--runner=PrismRunner"], num_files=10, in_process_below=2000)
-
-    assert (small.view_as(DirectOptions).direct_running_mode, small.view_as(DirectOptions).direct_num_workers) == (
-        "in_memory", 1)
-    assert small.get_all_options()["project"] == "kept", "the other flags stay"
-    assert large.view_as(DirectOptions).direct_running_mode == "multi_processing"
-    assert never.view_as(DirectOptions).direct_running_mode == "multi_processing"
-    assert default.view_as(DirectOptions).direct_running_mode == "in_memory"
-    assert prism.view_as(StandardOptions).runner == "PrismRunner"
-    assert prism.view_as(DirectOptions).direct_running_mode == "in_memory", "Beam's own default, untouched"
+    assert runs_in_process(two_workers, num_files=450, in_process_below=2000)
+    assert runs_in_process([], num_files=10, in_process_below=2000), "the default runner starts workers too"
+    assert not runs_in_process(two_workers, num_files=3500, in_process_below=2000)
+    assert not runs_in_process(two_workers, num_files=1, in_process_below=0)
+    assert not runs_in_process(["--runner=FnApiRunner", "--direct_running_mode=in_memory"], num_files=10,
+                               in_process_below=2000), "a run asked in memory stays on the runner"
+    assert not runs_in_process(["--runner=PrismRunner"], num_files=10, in_process_below=2000)
