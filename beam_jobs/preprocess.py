@@ -71,11 +71,12 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
         jobs = [write_work_list(plan, settings=settings, run_id=run_id, temp_dir=temp_dir)
                 for plan in plans.values() if plan.work]
         if jobs:
-            in_process = runs_in_process(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
-                                         in_process_below=settings.in_process_below)
-            options = PipelineOptions(with_default_runner(pipeline_args))
-            options.view_as(SetupOptions).save_main_session = save_main_session
-            run_pipeline(jobs, settings=settings, options=None if in_process else options, created=created,
+            options = None  # a small work list runs in this process, without a runner
+            if not runs_in_process(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
+                                   in_process_below=settings.in_process_below):
+                options = PipelineOptions(with_default_runner(pipeline_args))
+                options.view_as(SetupOptions).save_main_session = save_main_session
+            run_pipeline(jobs, settings=settings, options=options, created=created,
                          progress_dir=f"{temp_dir}/progress", progress_stream=progress_stream)
             pause_if_asked("span_written")
         outcomes = {modality: commit_modality(plan, settings=settings, run_id=run_id, created=created,

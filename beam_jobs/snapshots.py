@@ -202,7 +202,8 @@ def rollback(dataset_dir: str, snapshot_id: int, *, run_id: str) -> DatasetManif
     return manifest
 
 
-def describe_snapshots(dataset_dir: str) -> list[str]:
+def snapshot_listing(dataset_dir: str) -> list[str]:
+    """One line per committed snapshot: what `python -m beam_jobs.snapshots OUT/audio` prints."""
     committed, removed = snapshot_ids(dataset_dir)
     current = load(dataset_dir).snapshot_id if FileSystems.exists(manifest_path(dataset_dir)) else None
     lines = []
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
             return 1
         print(f"committed snapshot {manifest.snapshot_id}: the records of snapshot {args.rollback}")
         return 0
-    print("\n".join(describe_snapshots(dataset_dir)))
+    print("\n".join(snapshot_listing(dataset_dir)))
     return 0
 
 
