@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import config as config_lib
 from beam_jobs import console
@@ -151,6 +152,9 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
     """(Settings, the remaining arguments for PipelineOptions)."""
     parser = build_arg_parser()
     args, pipeline_args = parser.parse_known_args(argv)
+    # The launcher's own file operations (listing the roots, the commit) see what the workers see:
+    # an object store's endpoint and credentials come from the pipeline options (--s3_endpoint_url, ...).
+    FileSystems.set_options(PipelineOptions(pipeline_args))
     # Sorted: a file's reference holds the index of its root, which must not depend on the flags' order.
     roots = {name: tuple(sorted(normalize_root(root, flag=f"{name}_root", parser=parser)
                                 for root in getattr(args, f"{name}_root")))
