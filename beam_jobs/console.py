@@ -16,10 +16,11 @@ import os
 import sys
 import threading
 
-# Notices Beam prints in every local run, which no user can act on; the last two, at warning level, in
-# every run that starts Prism as a subprocess.
+# Notices Beam prints in every local run, which no user can act on; the next two, at warning level, in
+# every run that starts Prism as a subprocess; the last in every streaming run on Prism (PeriodicImpulse's
+# reshuffle, which Prism drops).
 _BEAM_NOTICES = ("apitools not found", "No semi_persistent_directory found", "Really starting service at",
-                 "Really destroying service at")
+                 "Really destroying service at", "empty transform, with payload and identical input and output")
 # A worker process logs with logging's default format; its info lines are Beam's own start-up steps.
 _WORKER_CHATTER_PREFIXES = ("INFO:", "DEBUG:")
 

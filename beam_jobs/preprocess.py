@@ -29,7 +29,7 @@ console.quiet_beam_import()  # before the first import of Beam, below: see beam_
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions  # noqa: E402
 
-from beam_jobs import ingest, snapshots  # noqa: E402
+from beam_jobs import ingest, snapshots, watch  # noqa: E402
 from beam_jobs.dataset_layout import errors_path, run_temp_dir  # noqa: E402
 from beam_jobs.failpoints import pause_if_asked  # noqa: E402
 from beam_jobs.pipeline import SpanJob, build_pipeline, write_span_in_process  # noqa: E402
@@ -43,9 +43,13 @@ from beam_jobs.summary import PreprocessSummary, format_summary  # noqa: E402
 def run(argv=None, save_main_session=True, *, progress_stream=None) -> PreprocessSummary:
     """Plans, runs the pipeline where there is work, commits a snapshot per modality, prints the summary.
 
+    With --watch, runs `beam_jobs.watch` until a signal stops it, and returns its WatchSummary.
+
     With a `progress_stream` (a terminal or log), a progress line is shown on it while the pipeline runs.
     """
     settings, pipeline_args = parse_settings(argv)
+    if settings.watch is not None:
+        return watch.run_watch(settings, pipeline_args, save_main_session=save_main_session)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
     output_dir = settings.output_dir
@@ -101,8 +105,12 @@ def main(argv=None) -> int:
     verbose = console.wants_verbose(sys.argv[1:] if argv is None else argv)
     with console.worker_output_filtered(verbose=verbose) as stderr:
         console.configure_logging(verbose=verbose, stream=stderr)
-        summary = run(argv, progress_stream=stderr)
-    return 1 if summary.empty_modalities() or summary.conflicts() else 0
+        try:
+            summary = run(argv, progress_stream=stderr)
+        except watch.WatchError as error:
+            print(f"error: {error}", file=stderr)
+            return 1
+    return summary.exit_code()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ first) gets `--prism_location` of the binary `scripts/bootstrap.sh` built from
 the Go module proxy for the installed Beam (`find_prism`), so that no run ever
 downloads one.
 
+A watch (`beam_jobs.watch`) is a streaming pipeline, which FnApiRunner does
+not run: it runs on Prism unless --runner names another streaming runner.
+
 A small work list runs in the launching process instead (`runs_in_process`),
 through the pipeline's own DoFns in a plain loop (`beam_jobs.pipeline.write_span_in_process`):
 each FnApiRunner worker process costs about 2 CPU seconds to start (Python and
@@ -51,6 +54,27 @@ def with_default_runner(pipeline_args: list[str]) -> list[str]:
     if runner in PRISM_RUNNERS and prism and not any(arg.startswith("--prism_location") for arg in args):
         args.append(f"--prism_location={prism}")
     return args
+
+
+STREAMING_DEFAULT_RUNNER = "PrismRunner"
+BATCH_ONLY_RUNNERS = ("FnApiRunner", "BundleBasedDirectRunner")
+
+
+def with_streaming_runner(pipeline_args: list[str]) -> list[str]:
+    """`pipeline_args` for a streaming pipeline: --streaming, and Prism when they name no --runner.
+
+    Raises ValueError for a runner that runs batch pipelines only.
+    """
+    args = list(pipeline_args)
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in args):
+        args.insert(0, f"--runner={STREAMING_DEFAULT_RUNNER}")
+    runner = PipelineOptions(args).view_as(StandardOptions).runner
+    if runner in BATCH_ONLY_RUNNERS:
+        raise ValueError(f"--runner={runner} runs batch pipelines only; --watch needs a streaming runner: "
+                         f"PrismRunner (its default), DataflowRunner or FlinkRunner")
+    if "--streaming" not in args:
+        args.append("--streaming")
+    return with_default_runner(args)
 
 
 def runs_in_process(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> bool:

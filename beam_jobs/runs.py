@@ -3,7 +3,8 @@
 Every run takes an id (UTC time and random hex, so ids sort by start) and,
 before it writes anything else, a lease `OUT/.runs/<run id>.json` naming its
 host, process id and that process's start time. All it writes before its
-commit lies in `OUT/.tmp-<run id>/` and `OUT/<modality>/spans/<run id>/`.
+commit lies in `OUT/.tmp-<run id>/` and `OUT/<modality>/spans/<run id>/` (a watch, which
+commits many times, writes `spans/<run id>.<hex>/`: `span_run_id` gives its run).
 
 `clean_debris` removes what runs left behind, and only what is provably
 theirs and provably dead: a temporary folder or an uncommitted span whose run
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from typing import Callable
 
@@ -32,6 +34,11 @@ from beam_jobs.storage import delete_tree, list_names, write_atomically
 def new_run_id() -> str:
     now = datetime.datetime.now(datetime.timezone.utc)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def span_run_id(span: str) -> str:
+    """The run that wrote a span: its name, up to a watch's per-commit suffix."""
+    return span.partition(".")[0]
 
 
 def _process_start_time(pid: int) -> str | None:
@@ -86,6 +93,16 @@ def snapshots_in_use(output_dir: str, modality: str, *, own_run_id: str) -> set[
             if run_id != own_run_id and modality in lease.bases and not lease.is_dead()}
 
 
+_LEASE_LOCK = threading.Lock()  # a watch's modalities may commit on two threads of one worker
+
+
+def set_lease_base(output_dir: str, run_id: str, *, modality: str, snapshot_id: int) -> None:
+    """Records in a live run's lease that its next span of `modality` builds on `snapshot_id`."""
+    with _LEASE_LOCK:
+        lease = Lease(**json.loads(read_text(lease_path(output_dir, run_id))))
+        write_lease(output_dir, dataclasses.replace(lease, bases={**lease.bases, modality: snapshot_id}))
+
+
 def release_lease(output_dir: str, run_id: str) -> None:
     """Deletes the run's temporary folder, then its lease: a temporary folder without a lease is debris."""
     delete_tree(run_temp_dir(output_dir, run_id))
@@ -114,18 +131,18 @@ def clean_debris(output_dir: str, *, modalities, committed_spans: Callable[[str]
     lease before it creates a folder and gives it up only after its commit, so a
     listed folder either has a live lease or, if committed, is in a snapshot by then.
     """
-    candidates = [(name[len(TEMP_PREFIX):], f"{output_dir}/{name}")
+    candidates = [(name[len(TEMP_PREFIX):], f"{output_dir}/{name}", None, None)
                   for name in list_names(output_dir, f"{TEMP_PREFIX}*")]
     for modality in modalities:
         folder = dataset_dir(output_dir, modality)
-        candidates += [(span, span_dir(folder, span), modality)
+        candidates += [(span_run_id(span), span_dir(folder, span), modality, span)
                        for span in list_names(f"{folder}/{SPANS_FOLDER}")]
     leases = read_leases(output_dir)
     live = {run_id for run_id, lease in leases.items() if not lease.is_dead()} | {own_run_id}
     committed = {modality: committed_spans(modality) for modality in modalities}
     deleted = []
-    for run_id, path, *modality in candidates:
-        if run_id not in live and not (modality and run_id in committed[modality[0]]):
+    for run_id, path, modality, span in candidates:
+        if run_id not in live and not (span and span in committed[modality]):
             delete_tree(path)
             deleted.append(path)
     for run_id in sorted(set(leases) - live):

@@ -17,7 +17,7 @@ from beam_jobs.config import ConfigError, SplitConfig
 from beam_jobs.dataset_layout import dataset_dir
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.modality import Modality
-from beam_jobs.runners import IN_PROCESS_BELOW_FILES
+from beam_jobs.runners import IN_PROCESS_BELOW_FILES, with_streaming_runner
 from beam_jobs.snapshots import DEFAULT_KEEP_SNAPSHOTS
 
 DEFAULT_MAX_SPANS = 16
@@ -36,6 +36,15 @@ CLUSTER_HELP = """Flags this command does not know are Beam pipeline options. Th
 
 
 @dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    """How a watch (`beam_jobs.watch`) polls and commits. The defaults commit a file within a minute of its
+    landing: seen within a poll, stable at the next, committed within --commit_seconds of the last commit."""
+    poll_seconds: float = 5.0  # how often the roots are listed
+    commit_seconds: float = 30.0  # the least time between two commits of a modality
+    commit_files: int = 1000  # ... unless this many files wait
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs, built and validated from the flags at start-up."""
     roots: dict[str, tuple[str, ...]]  # modality -> its input roots, sorted; only the modalities asked for
@@ -51,6 +60,7 @@ class Settings:
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS  # committed snapshots whose files are kept
     max_spans: int = DEFAULT_MAX_SPANS  # a re-ingest that would leave more spans compacts instead
     in_process_below: int = IN_PROCESS_BELOW_FILES  # FnApiRunner runs fewer files in the launching process
+    watch: WatchConfig | None = None  # keep running, committing files as they land; None: one batch run
 
     @property
     def specs(self) -> dict[str, Modality]:
@@ -99,6 +109,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in_process_below", type=int, default=IN_PROCESS_BELOW_FILES, metavar="FILES",
                         help="on FnApiRunner, run a work list of fewer files in this process instead of "
                              "starting worker processes, each of which costs about 2 CPU s; 0: never")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep running on a streaming runner (Prism unless --runner names another), "
+                             "committing a new snapshot as files land; Ctrl-C or SIGTERM commits what is "
+                             "stable and stops. A file is taken once its size and modification time hold "
+                             "for two polls")
+    parser.add_argument("--poll_seconds", type=float, default=WatchConfig.poll_seconds,
+                        help="--watch: how often the roots are listed")
+    parser.add_argument("--commit_seconds", type=float, default=WatchConfig.commit_seconds,
+                        help="--watch: the least time between two commits of a modality")
+    parser.add_argument("--commit_files", type=int, default=WatchConfig.commit_files,
+                        help="--watch: commit sooner when this many new, changed or removed files wait")
     console.add_verbose_flag(parser)
     for config_class in [spec.config_class for spec in MODALITIES.values()] + [SplitConfig]:
         config_lib.add_flags(parser, config_class)
@@ -170,6 +191,19 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
     for flag in ("keep_snapshots", "max_spans"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+    watch = None
+    if args.watch:
+        watch = WatchConfig(poll_seconds=args.poll_seconds, commit_seconds=args.commit_seconds,
+                            commit_files=args.commit_files)
+        if watch.poll_seconds <= 0 or watch.commit_seconds < 0 or watch.commit_files < 1:
+            parser.error(f"--poll_seconds={watch.poll_seconds:g} must be > 0, --commit_seconds="
+                         f"{watch.commit_seconds:g} >= 0 and --commit_files={watch.commit_files} >= 1")
+        if args.full or args.compact:
+            parser.error("--watch commits incrementally: run --full or --compact as a batch run, without --watch")
+        try:
+            with_streaming_runner(pipeline_args)
+        except ValueError as error:
+            parser.error(str(error))
     if args.full and args.compact:
         parser.error("--full and --compact: give one; --full already writes one evenly sharded span")
     configs = {name: build_config(spec.config_class, args, parser) for name, spec in MODALITIES.items()}
@@ -180,5 +214,6 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
                       for name in MODALITIES},
         shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
         compression="GZIP" if args.compression == "gzip" else None, full=args.full, compact=args.compact,
-        keep_snapshots=args.keep_snapshots, max_spans=args.max_spans, in_process_below=args.in_process_below)
+        keep_snapshots=args.keep_snapshots, max_spans=args.max_spans, in_process_below=args.in_process_below,
+        watch=watch)
     return settings, pipeline_args

@@ -61,6 +61,10 @@ class PreprocessSummary:
     def conflicts(self) -> list[str]:
         return [outcome.conflict for outcome in self.outcomes.values() if outcome.conflict]
 
+    def exit_code(self) -> int:
+        """1 when a modality got no example at all, or another run committed first."""
+        return 1 if self.empty_modalities() or self.conflicts() else 0
+
 
 def _count(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[name]} {name}" for name in ("new", "changed", "removed", "reused"))
@@ -93,6 +97,14 @@ def format_outcome(modality: str, outcome: ModalityOutcome) -> list[str]:
     if outcome.expired:
         lines.append(f"  removed by retention: snapshots {', '.join(map(str, outcome.expired))}")
     return lines
+
+
+def format_commit(modality: str, manifest: DatasetManifest) -> str:
+    """One line for a snapshot committed by a watch."""
+    examples = sum(split.num_examples for split in manifest.splits.values())
+    return (f"{modality}: committed snapshot {manifest.snapshot_id} ({manifest.created}): files: "
+            f"{_count(manifest.changes)}; {examples} examples and {manifest.num_errors} errors in "
+            f"{len(manifest.spans)} spans")
 
 
 def format_summary(summary: PreprocessSummary) -> str:

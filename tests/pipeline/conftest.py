@@ -151,3 +151,13 @@ def example_decoder():
 @pytest.fixture(scope="session")
 def bytes_to_tensor():
     return tensor_from_bytes
+
+
+@pytest.fixture(scope="session")
+def write_wav():
+    """write_wav(path, frequency, seconds=0.5): a 16-bit 8 kHz tone, its folders created."""
+    def write(path, frequency: float, *, seconds: float = 0.5):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(wav_bytes(sine(frequency, rate=8000, seconds=seconds), rate=8000))
+        return path
+    return write

@@ -15,30 +15,20 @@ import sys
 import time
 
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from beam_jobs import preprocess, snapshots, verify
 from beam_jobs.dataset_layout import SPAN_ERRORS_NAME, SPAN_FILES_NAME
 from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError
+from dataset_checks import (assert_no_debris, assert_verifies, current, record_paths, records,  # noqa: I100
+                            span_folders)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-RATE = 8000
 SIZE_FLAGS = ["--shard_size_mb=0.1"]  # about 4 spectrograms a shard: several shards per split
 HANG_GUARD_S = 300  # only so that a run that hangs fails the test instead of stalling the suite
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def write_wav(make_sine, make_wav):
-    """write_wav(path, frequency, seconds=0.5): a 16-bit 8 kHz tone, its folders created."""
-    def write(path: pathlib.Path, frequency: float, *, seconds: float = 0.5) -> pathlib.Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(make_wav(make_sine(frequency, rate=RATE, seconds=seconds), rate=RATE))
-        return path
-    return write
-
 
 def write_class(write_wav, root: pathlib.Path, label: str, names, *, frequency: float) -> None:
     for offset, name in enumerate(names):
@@ -99,56 +89,8 @@ def kill_group(process: subprocess.Popen) -> None:
 
 # --- what a dataset holds -----------------------------------------------------------------------------------
 
-def current(dataset: pathlib.Path) -> DatasetManifest:
-    return DatasetManifest.from_json((dataset / "dataset.json").read_text())
-
-
-def records(dataset: pathlib.Path, manifest: DatasetManifest, parse) -> list[tuple]:
-    """Sorted (id, serialized Example, label, split, path) of every record of the snapshot, read by tf.data."""
-    rows = []
-    for split, info in manifest.splits.items():
-        for shard in info.shards:
-            read = list(tf.data.TFRecordDataset(str(dataset / shard.path),
-                                                compression_type=manifest.compression or "").as_numpy_iterator())
-            assert len(read) == shard.num_examples, shard.path
-            for serialized in read:
-                example = parse(serialized)
-                assert example["split"].decode() == split, shard.path
-                rows.append((example["id"].decode(), serialized, example["label"][0], split,
-                             example["path"].decode()))
-    return sorted(rows)
-
-
-def record_paths(dataset: pathlib.Path, manifest: DatasetManifest, parse) -> set[str]:
-    return {row[4] for row in records(dataset, manifest, parse)}
-
-
 def folder_bytes(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def span_folders(dataset: pathlib.Path) -> set[str]:
-    spans = dataset / "spans"
-    return {path.name for path in spans.iterdir()} if spans.exists() else set()
-
-
-def assert_no_debris(out: pathlib.Path, modalities=("audio",)) -> None:
-    """No temporary file or folder, no lease, and every span folder listed by a snapshot not removed."""
-    assert [str(path) for path in out.rglob("*") if ".tmp-" in path.name] == []
-    assert not (out / ".runs").exists() or list((out / ".runs").iterdir()) == []
-    for modality in modalities:
-        dataset = out / modality
-        committed, removed = snapshots.snapshot_ids(str(dataset))
-        listed = {span for snapshot_id in committed if snapshot_id not in removed
-                  for span in DatasetManifest.from_json(
-                      (dataset / "snapshots" / f"{snapshot_id:08d}.json").read_text()).spans}
-        assert span_folders(dataset) == listed, "span folders and the spans the kept snapshots list differ"
-
-
-def assert_verifies(dataset: pathlib.Path, snapshot_id: int | None = None) -> None:
-    """Every shard of the snapshot (the current one by default) is as its manifest says."""
-    bad, num_shards, _ = verify.verify(str(dataset), snapshots.load(str(dataset), snapshot_id))
-    assert bad == [] and num_shards > 0, bad
 
 
 def assert_verify_command_says_ok(dataset: pathlib.Path) -> None:
