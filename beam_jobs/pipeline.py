@@ -124,9 +124,10 @@ def write_span_in_process(job: SpanJob, *, settings: Settings, created: str, pro
     modality = job.plan.modality
     spec, config = settings.specs[modality], settings.configs[modality]
     lines_by_part = collections.defaultdict(list)
+    files_per_split = job.plan.files_per_split()
+    one_record_bytes = record_bytes(spec, feature_shape=config.feature_shape)
     for line in read_lines(job.work_path):
-        part, _ = key_by_part(line, files_per_split=job.plan.files_per_split(),
-                              record_bytes=record_bytes(spec, feature_shape=config.feature_shape),
+        part, _ = key_by_part(line, files_per_split=files_per_split, record_bytes=one_record_bytes,
                               shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
         lines_by_part[part].append(line)
     featurize = FeaturizePart(spec=spec, config=config, dataset_dir=settings.dataset_dir(modality),
