@@ -1,30 +1,32 @@
-"""Is the Beam pipeline as fast as a plain loop? Prints rates, ratios, bytes, memory and two verdicts.
+"""Is the Beam pipeline as fast as the same work on two cores? Prints times, ratios, start-up, memory, verdicts.
 
-    python -m bench.preprocess --audio_files 4000 --image_files 16000
+    python -m bench.preprocess --corpora /tmp/fresh3/data/raw --audio_files 9000 --image_files 70000
 
-For each modality, at N and 4N files taken from /tmp/corpora/<its demo corpus folder> (perturbed
-copies beyond the corpus's size; synthetic files when it is absent), with the corpus's split lists
-(a testing_list.txt naming every tenth file when it has none, as Fashion-MNIST's and Speech
-Commands' trees have):
-  loop            a plain loop doing the pipeline's per-file work (beam_jobs.records.encode_input_file:
-                  read, featurize, hash, encode; an error row for a bad file) and writing TFRecords
-                  with Beam's framing (the floor, one core)
-  beam in_memory  beam_jobs.preprocess on --runner=FnApiRunner, one process
-  beam 2 workers  the same with --direct_running_mode=multi_processing --direct_num_workers=2
-Each line: wall seconds and files/s (the fastest of --repeats runs), the ratio to the loop, the CPU
-seconds of the whole process tree (less sensitive than wall time to other load on the machine),
-bytes per example on disk, and the peak resident memory of the phase's process tree (main process
-and workers), sampled from /proc. Each phase runs in a fresh child process of this script, so no
-phase inherits another's heap or warm caches, and the repeats cycle through the phases, so a burst
-of other load on the machine hurts one run of each rather than every run of one phase.
-Targets: (a) beam on 2 workers at least as fast as the loop; (b) peak memory flat as the corpus
-grows: the peak at 4N over the peak at N about 1. For (a), each phase's two sizes also give its
-fixed start-up and its rate beyond it, and so the corpus size from which 2 workers beat the loop.
+For each modality, the engines of bench.engines (loop, pool 2, beam 2 workers, prism, prism service;
+`--engines` picks them, beam in_memory too) run at two sizes: N files (--audio_files, --image_files;
+the demo corpora's sizes by default) and --startup_files (30), taken from <--corpora>/<its demo corpus
+folder> (perturbed copies beyond the corpus's size; synthetic files when it is absent), with the
+corpus's split lists (a testing_list.txt naming every tenth file when it has none, as Fashion-MNIST's
+and Speech Commands' trees have). Each line: wall seconds and files/s (the fastest of --repeats runs),
+the ratio of the wall time to pool 2's, the CPU seconds of the whole process tree (less sensitive than
+wall time to other load on the machine; with the services'), bytes per example on disk, the peak
+resident memory of the engine's process tree (main process, workers, Prism, and for prism service the
+job service, the worker pool and its SDK workers), sampled from /proc, the most processes in that
+tree at once, and the seconds the long-lived services took to start (before, not in, the wall time).
+Each engine runs in a fresh child process of this script, with its services started afresh, so no
+engine inherits another's heap or warm caches, and the repeats cycle through the engines, so a burst
+of other load on the machine hurts one run of each rather than every run of one engine. The wall time
+starts once the child has imported Python's and Beam's modules, which every engine pays alike.
+The two sizes split each engine's wall time into a fixed start-up and a rate (t = start-up + files /
+rate): at 30 files the time is almost all start-up.
+Targets at N: (1) the best Beam runner within 1.25 x pool 2's wall time for every modality, (2) its
+fixed start-up <= 2 s; and (3) peak memory flat as the corpus grows: the peak at N over the peak at
+--startup_files about 1.
 """
 import argparse
-import contextlib
 import io
 import json
+import math
 import os
 import resource
 import shutil
@@ -35,31 +37,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from PIL import Image
 from scipy.io import wavfile
 
-from beam_jobs import preprocess
-from beam_jobs.config import SplitConfig
-from beam_jobs.errors import InvalidInputError
-from beam_jobs.input_files import read_at_most
-from beam_jobs.input_tree import class_folder, classify
-from beam_jobs.labels import index_labels
+from bench.engines import ENGINES, REPO, RUNNER_FLAGS, run_engine, services
+from beam_jobs.input_tree import classify
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.raw_files import read_listed_splits
-from beam_jobs.records import encode_input_file
-from beam_jobs.splits import LIST_FILES, SPLITS, SplitRule
+from beam_jobs.splits import LIST_FILES
 
-REPO = Path(__file__).resolve().parents[1]
-CORPORA = Path("/tmp/corpora")
 LISTED_EVERY = 10  # a corpus without split lists gets every tenth file in its testing_list.txt
-RUNNERS = {
-    "beam in_memory": ["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
-    "beam 2 workers": ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-}
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-FLAT_MEMORY_RATIO = 1.2  # target (b) counts a peak at 4N up to this many times the peak at N as flat
-TWO_WORKERS = "beam 2 workers"
+CEILING = "pool 2"  # the engine every other one is compared with
+WITHIN_CEILING = 1.25  # target (1): the best runner's wall time at most this many times the pool's
+MAX_STARTUP_SECONDS = 2.0  # target (2)
+FLAT_MEMORY_RATIO = 1.2  # target (3) counts a peak at N up to this many times the peak at the small size as flat
+DEFAULT_ENGINES = "loop,pool 2,beam 2 workers,prism,prism service"
 
 
 def list_inputs(root: Path, extensions: tuple[str, ...]) -> list[Path]:
@@ -106,8 +99,9 @@ def perturbed_png(source: Path, copy: int) -> bytes:
 FILE_MAKERS = {"audio": (synthetic_wav, perturbed_wav), "image": (synthetic_png, perturbed_png)}
 
 
-def build_corpus(modality: str, *, count: int, dest: Path) -> Path:
-    """dest/<label>/<file>: `count` files spread evenly over the source corpus, and a testing_list.txt.
+def build_corpus(modality: str, *, count: int, corpora: Path, dest: Path) -> Path:
+    """dest/<label>/<file>: `count` files spread evenly over corpora/<the modality's demo corpus folder>,
+    and a testing_list.txt.
 
     Beyond the corpus's size, perturbed copies of its files are added, named
     `<stem>_copyK` so that a speaker's copies share the speaker's split.
@@ -116,7 +110,7 @@ def build_corpus(modality: str, *, count: int, dest: Path) -> Path:
     listed for testing, so that the listed files' cost stays measured.
     """
     spec = MODALITIES[modality]
-    source_root = CORPORA / spec.demo_corpus.folder
+    source_root = corpora / spec.demo_corpus.folder
     synthetic, perturbed = FILE_MAKERS[modality]
     available = list_inputs(source_root, spec.extensions) if source_root.is_dir() else []
     source_lists = read_listed_splits(source_root) if available else {}
@@ -149,44 +143,8 @@ def build_corpus(modality: str, *, count: int, dest: Path) -> Path:
     return dest
 
 
-def plain_loop(root: Path, out_dir: Path, *, modality: str) -> int:
-    """The floor: the pipeline's per-file work for each file in one loop. Returns the number of records."""
-    spec = MODALITIES[modality]
-    config = spec.config_class()
-    rule = SplitRule(config=SplitConfig(), listed=read_listed_splits(root))
-    files = list_inputs(root, spec.extensions)
-    vocabulary = index_labels(sorted({class_folder(path.relative_to(root).as_posix()) for path in files} - {None}))
-    out_dir.mkdir(parents=True)
-    records, error_rows = 0, []
-    with contextlib.ExitStack() as stack:
-        shards = {split: stack.enter_context(open(out_dir / f"{split}.tfrecord", "wb")) for split in SPLITS}
-        for path in files:
-            relative_path = path.relative_to(root).as_posix()
-            split = rule.split_of(relative_path)
-            size = path.stat().st_size
-            try:
-                _, serialized = encode_input_file(
-                    spec=spec, config=config, relative_path=relative_path, size_bytes=size, split=split,
-                    vocabulary=vocabulary,
-                    read=lambda limit: read_at_most(str(path), limit=limit, expected_bytes=size))
-            except InvalidInputError as error:
-                error_rows.append(f"{path}: {error}")
-                continue
-            _TFRecordUtil.write_record(shards[split], serialized)
-            records += 1
-    (out_dir / "errors.txt").write_text("".join(row + "\n" for row in error_rows))
-    return records
-
-
-def beam_pipeline(root: Path, out_dir: Path, *, modality: str, runner_flags: list[str]) -> int:
-    with contextlib.redirect_stdout(io.StringIO()):  # the run's own summary would drown the table
-        summary = preprocess.run([f"--{modality}_root={root}", f"--output_dir={out_dir}", *runner_flags],
-                                 save_main_session=False)
-    return sum(split.num_examples for split in summary.manifests[modality].splits.values())
-
-
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident bytes of `root_pid` and all its descendants, from /proc."""
+def tree_usage(root_pids: list[int]) -> tuple[int, int]:
+    """(resident bytes, number of processes) of `root_pids` and all their descendants, from /proc."""
     children = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -196,7 +154,7 @@ def tree_rss_bytes(root_pid: int) -> int:
             except (FileNotFoundError, ProcessLookupError):
                 continue  # the process ended while we looked
             children.setdefault(parent, []).append(int(entry.name))
-    total, pending = 0, [root_pid]
+    total, processes, pending = 0, 0, list(root_pids)
     while pending:
         pid = pending.pop()
         pending += children.get(pid, [])
@@ -205,22 +163,26 @@ def tree_rss_bytes(root_pid: int) -> int:
                 total += int(statm.read().split()[1]) * PAGE_BYTES
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+        processes += 1
+    return total, processes
 
 
 class PeakMemory:
-    """Samples tree_rss_bytes(root_pid) every `interval` seconds while in the `with` block."""
+    """Samples tree_usage(root_pids) every `interval` seconds while in the `with` block; keeps the peaks."""
 
-    def __init__(self, root_pid: int, interval: float = 0.1):
-        self.root_pid = root_pid
+    def __init__(self, root_pids: list[int], interval: float = 0.1):
+        self.root_pids = root_pids
         self.interval = interval
         self.peak_bytes = 0
+        self.peak_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self):
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.root_pid))
+            resident_bytes, processes = tree_usage(self.root_pids)
+            self.peak_bytes = max(self.peak_bytes, resident_bytes)
+            self.peak_processes = max(self.peak_processes, processes)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -236,130 +198,167 @@ def bytes_on_disk(out_dir: Path) -> int:
     return sum(path.stat().st_size for path in out_dir.rglob("*.tfrecord*"))
 
 
-PHASES = {"loop": None, **RUNNERS}
-
-
-def run_phase(phase: str, *, modality: str, root: Path, out_dir: Path) -> int:
-    """Runs one phase in this process; returns the number of records written."""
-    if phase == "loop":
-        return plain_loop(root, out_dir, modality=modality)
-    return beam_pipeline(root, out_dir, modality=modality, runner_flags=PHASES[phase])
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(phase: str, *, modality: str, root: Path, files: int, out_dir: Path) -> dict:
-    """Times `phase` in a fresh child process while sampling the memory of its process tree."""
+def measure(engine: str, *, modality: str, root: Path, files: int, out_dir: Path) -> dict:
+    """Times `engine` in a fresh child process, after starting its services, sampling the memory of both."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    cpu_before = children_cpu_seconds()  # counts the child and the workers it waited for
-    command = [sys.executable, "-m", "bench.preprocess", "--phase", phase, "--modality", modality, "--root", str(root),
-               "--out_dir", str(out_dir)]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        with PeakMemory(child.pid) as memory:
-            stdout, stderr = child.communicate()
+    log_dir = out_dir.with_name(f"{out_dir.name}-logs")
+    cpu_before = children_cpu_seconds()  # counts the child, the services, and the workers they waited for
+    with services(engine, log_dir=log_dir) as (pipeline_args, service_pids, service_seconds):
+        command = [sys.executable, "-m", "bench.preprocess", "--engine", engine, "--modality", modality,
+                   "--root", str(root), "--out_dir", str(out_dir), "--", *pipeline_args]
+        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+            with PeakMemory([child.pid, *service_pids]) as memory:
+                stdout, stderr = child.communicate()
     if child.returncode:
-        raise RuntimeError(f"{phase} on {root} failed:\n{stderr}")
+        logs = f" (services' logs in {log_dir})" if log_dir.exists() else ""
+        raise RuntimeError(f"{engine} on {root} failed{logs}:\n{stderr}")
     measured = json.loads(stdout.strip().splitlines()[-1])
-    return {"phase": phase, "files": files, **measured, "files_per_s": files / measured["seconds"],
+    return {"engine": engine, "files": files, **measured, "files_per_s": files / measured["seconds"],
             "cpu_seconds": children_cpu_seconds() - cpu_before,
             "bytes_per_example": bytes_on_disk(out_dir) / max(measured["records"], 1),
-            "peak_mib": memory.peak_bytes / 2**20}
+            "peak_mib": memory.peak_bytes / 2**20, "processes": memory.peak_processes,
+            "service_seconds": service_seconds}
 
 
-def bench_modality(modality: str, *, count: int, work_dir: Path, repeats: int) -> list[dict]:
-    """Per phase, the fastest of `repeats` runs, with the least CPU and the highest memory peak among them."""
-    root = build_corpus(modality, count=count, dest=work_dir / f"{modality}-{count}" / "input")
-    runs = {phase: [] for phase in PHASES}
+def bench_size(modality: str, *, count: int, engines: list[str], corpora: Path, work_dir: Path,
+               repeats: int) -> dict[str, dict]:
+    """{engine: the fastest of `repeats` runs, with the least CPU and service start-up, the highest peaks}."""
+    root = build_corpus(modality, count=count, corpora=corpora, dest=work_dir / f"{modality}-{count}" / "input")
+    runs = {engine: [] for engine in engines}
     for _ in range(repeats):
-        for phase in PHASES:
-            runs[phase].append(measure(phase, modality=modality, root=root, files=count,
-                                       out_dir=work_dir / f"{modality}-{count}" / phase.replace(" ", "_")))
-    return [{**min(phase_runs, key=lambda run: run["seconds"]),
-             "cpu_seconds": min(run["cpu_seconds"] for run in phase_runs),
-             "peak_mib": max(run["peak_mib"] for run in phase_runs)}
-            for phase_runs in runs.values()]
+        for engine in engines:
+            runs[engine].append(measure(engine, modality=modality, root=root, files=count,
+                                        out_dir=work_dir / f"{modality}-{count}" / engine.replace(" ", "_")))
+    return {engine: {**min(engine_runs, key=lambda run: run["seconds"]),
+                     "cpu_seconds": min(run["cpu_seconds"] for run in engine_runs),
+                     "service_seconds": min(run["service_seconds"] for run in engine_runs),
+                     "peak_mib": max(run["peak_mib"] for run in engine_runs),
+                     "processes": max(run["processes"] for run in engine_runs)}
+            for engine, engine_runs in runs.items()}
 
 
-def print_rows(modality: str, rows: list[dict]) -> None:
-    loop_rate = rows[0]["files_per_s"]
-    for row in rows:
-        print(f"{modality:6} {row['files']:6d} {row['phase']:15} {row['seconds']:8.2f} {row['files_per_s']:9.1f} "
-              f"{row['files_per_s'] / loop_rate:8.2f} {row['cpu_seconds']:8.2f} {row['bytes_per_example']:14.0f} "
-              f"{row['peak_mib']:9.0f}", flush=True)
+HEADER = (f"{'':6} {'files':>6} {'engine':15} {'seconds':>8} {'files/s':>9} {'vs pool':>8} {'CPU s':>8} "
+          f"{'bytes/example':>14} {'peak MiB':>9} {'procs':>6} {'services s':>10}")
+
+
+def print_rows(modality: str, rows: dict[str, dict]) -> None:
+    ceiling_seconds = rows[CEILING]["seconds"]
+    for row in rows.values():
+        services_column = f"{row['service_seconds']:10.2f}" if row["service_seconds"] else f"{'':10}"
+        print(f"{modality:6} {row['files']:6d} {row['engine']:15} {row['seconds']:8.2f} {row['files_per_s']:9.1f} "
+              f"{row['seconds'] / ceiling_seconds:8.2f} {row['cpu_seconds']:8.2f} {row['bytes_per_example']:14.0f} "
+              f"{row['peak_mib']:9.0f} {row['processes']:6d} {services_column}", flush=True)
 
 
 def fixed_and_rate(small: dict, large: dict) -> tuple[float, float]:
-    """(seconds that do not depend on the corpus, files/s beyond them), from one phase's runs at two sizes."""
+    """(seconds that do not depend on the corpus, files/s beyond them), from one engine's runs at two sizes.
+
+    A larger run no slower than the smaller (noise, on tiny corpora) gives the smaller's time and an infinite rate.
+    """
+    if large["seconds"] <= small["seconds"]:
+        return small["seconds"], math.inf
     rate = (large["files"] - small["files"]) / (large["seconds"] - small["seconds"])
     return small["seconds"] - small["files"] / rate, rate
 
 
-def print_verdicts(rows_by_size: dict[str, list[list[dict]]]) -> None:
-    """Target (a) for each corpus; target (b) for each Beam phase, from its two corpus sizes."""
-    print("\ntarget (a): beam on 2 workers at least as fast as the plain loop on one core")
-    for modality, sizes in rows_by_size.items():
-        for rows in sizes:
-            loop, two_workers = rows[0], next(row for row in rows if row["phase"] == TWO_WORKERS)
-            ratio = two_workers["files_per_s"] / loop["files_per_s"]
-            print(f"  {modality:6} {loop['files']:6d} files: {two_workers['files_per_s']:7.1f} vs "
-                  f"{loop['files_per_s']:7.1f} files/s = {ratio:.2f} x the loop: {'met' if ratio >= 1 else 'MISSED'}")
-    print("  split into a fixed start-up and a rate, from the two corpus sizes (t = start-up + files / rate):")
+def print_verdicts(rows_by_size: dict[str, list[dict[str, dict]]]) -> None:
+    """Each engine's start-up and rate; targets (1) and (2) for the best runner at N; target (3) per runner."""
+    print("\nfixed start-up and rate, from the two sizes (t = start-up + files / rate; services start before t):")
+    startup = {}
     for modality, (small, large) in rows_by_size.items():
-        loop_start, loop_rate = fixed_and_rate(small[0], large[0])
-        workers_start, workers_rate = fixed_and_rate(*(next(row for row in rows if row["phase"] == TWO_WORKERS)
-                                                       for rows in (small, large)))
-        line = (f"  {modality:6} loop {loop_start:4.1f} s + {loop_rate:7.1f} files/s; "
-                f"2 workers {workers_start:4.1f} s + {workers_rate:7.1f} files/s = "
-                f"{workers_rate / loop_rate:.2f} x the loop's rate")
-        if workers_rate > loop_rate:
-            break_even = (workers_start - loop_start) / (1 / loop_rate - 1 / workers_rate)
-            line += f"; as fast as the loop from about {break_even:,.0f} files"
-        print(line)
-    print(f"target (b): peak memory flat as the corpus grows (peak at 4N / peak at N <= {FLAT_MEMORY_RATIO})")
+        for engine in small:
+            startup[modality, engine], rate = fixed_and_rate(small[engine], large[engine])
+            print(f"  {modality:6} {engine:15} {startup[modality, engine]:5.2f} s + {rate:7.1f} files/s")
+    runners = [engine for engine in next(iter(rows_by_size.values()))[1] if engine in RUNNER_FLAGS]
+    if not runners:
+        return
+    sizes = ", ".join(f"{large[CEILING]['files']} {modality}" for modality, (_, large) in rows_by_size.items())
+    print(f"target (1): the best runner within {WITHIN_CEILING} x pool 2's wall time for every modality "
+          f"(at {sizes} files)")
+    ratios = {engine: {modality: large[engine]["seconds"] / large[CEILING]["seconds"]
+                       for modality, (_, large) in rows_by_size.items()} for engine in runners}
+    for engine, by_modality in ratios.items():
+        print(f"  {engine:15} " + ", ".join(f"{modality} {ratio:.2f} x" for modality, ratio in by_modality.items()))
+    best = min(runners, key=lambda engine: max(ratios[engine].values()))
+    worst_ratio = max(ratios[best].values())
+    print(f"  best: {best}, at worst {worst_ratio:.2f} x: {'PASS' if worst_ratio <= WITHIN_CEILING else 'FAIL'}")
+    best_startup = {modality: startup[modality, best] for modality in rows_by_size}
+    service_seconds = max(large[best]["service_seconds"] for _, large in rows_by_size.values())
+    services_note = f" (and {service_seconds:.2f} s to start its services, once)" if service_seconds else ""
+    print(f"target (2): {best}'s fixed start-up <= {MAX_STARTUP_SECONDS} s: "
+          + ", ".join(f"{modality} {seconds:.2f} s" for modality, seconds in best_startup.items()) + services_note
+          + f": {'PASS' if max(best_startup.values()) <= MAX_STARTUP_SECONDS else 'FAIL'}")
+    print(f"target (3): peak memory flat as the corpus grows (peak at N / peak at the small size <= "
+          f"{FLAT_MEMORY_RATIO})")
     for modality, (small, large) in rows_by_size.items():
-        for row_small, row_large in zip(small[1:], large[1:]):
-            ratio = row_large["peak_mib"] / row_small["peak_mib"]
-            added_files = row_large["files"] - row_small["files"]
-            per_file = (row_large["peak_mib"] - row_small["peak_mib"]) * 1024 / added_files
-            print(f"  {modality:6} {row_small['phase']:15} {row_small['peak_mib']:5.0f} MiB at {row_small['files']} "
-                  f"files, {row_large['peak_mib']:5.0f} MiB at {row_large['files']}: {ratio:.2f} "
-                  f"({per_file:+.1f} KiB per added file): {'met' if ratio <= FLAT_MEMORY_RATIO else 'MISSED'}")
+        for engine in runners:
+            ratio = large[engine]["peak_mib"] / small[engine]["peak_mib"]
+            per_file = ((large[engine]["peak_mib"] - small[engine]["peak_mib"]) * 1024
+                        / (large[engine]["files"] - small[engine]["files"]))
+            print(f"  {modality:6} {engine:15} {small[engine]['peak_mib']:5.0f} MiB at {small[engine]['files']} "
+                  f"files, {large[engine]['peak_mib']:5.0f} MiB at {large[engine]['files']}: {ratio:.2f} "
+                  f"({per_file:+.1f} KiB per added file): {'PASS' if ratio <= FLAT_MEMORY_RATIO else 'FAIL'}")
+
+
+def parse_engines(parser: argparse.ArgumentParser, value: str) -> list[str]:
+    engines = value.split(",")
+    unknown = [engine for engine in engines if engine not in ENGINES]
+    if unknown:
+        parser.error(f"--engines: unknown {', '.join(map(repr, unknown))}; known: {', '.join(ENGINES)}")
+    if CEILING not in engines:
+        parser.error(f"--engines={value}: must include {CEILING!r}, which every ratio divides by")
+    return engines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--audio_files", type=int, default=4000, help="N for audio; 4N is run too")
-    parser.add_argument("--image_files", type=int, default=16000, help="N for images; 4N is run too")
+    parser.add_argument("--audio_files", type=int, default=9000, help="N for audio (the demo corpus's size)")
+    parser.add_argument("--image_files", type=int, default=70000, help="N for images (the demo corpus's size)")
+    parser.add_argument("--startup_files", type=int, default=30,
+                        help="the small size, which with N splits each engine's time into start-up and rate")
+    parser.add_argument("--corpora", default="/tmp/corpora",
+                        help="folder of the demo corpora, laid out as DATA/raw (speech/, fashion/)")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"comma-separated subset of {','.join(ENGINES)}")
     parser.add_argument("--work_dir", default="/tmp/soundsight-bench", help="emptied first")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per phase; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per engine and size; the fastest counts")
     parser.add_argument("--modalities", default="audio,image", help="comma-separated subset of audio,image")
-    parser.add_argument("--phase", choices=PHASES, help="internal: run one phase and print its JSON")
-    parser.add_argument("--modality", choices=MODALITIES, help="internal, with --phase")
-    parser.add_argument("--root", help="internal, with --phase")
-    parser.add_argument("--out_dir", help="internal, with --phase")
+    parser.add_argument("--engine", choices=ENGINES, help="internal: run one engine and print its JSON")
+    parser.add_argument("--modality", choices=MODALITIES, help="internal, with --engine")
+    parser.add_argument("--root", help="internal, with --engine")
+    parser.add_argument("--out_dir", help="internal, with --engine")
+    parser.add_argument("pipeline_args", nargs="*", help="internal, with --engine, after --")
     args = parser.parse_args()
-    if args.phase:
+    if args.engine:
         start = time.perf_counter()
-        records = run_phase(args.phase, modality=args.modality, root=Path(args.root), out_dir=Path(args.out_dir))
+        records = run_engine(args.engine, modality=args.modality, root=Path(args.root), out_dir=Path(args.out_dir),
+                             pipeline_args=args.pipeline_args)
         print(json.dumps({"records": records, "seconds": time.perf_counter() - start}))
         return
+    engines = parse_engines(parser, args.engines)
+    counts = {"audio": args.audio_files, "image": args.image_files}
+    for modality in args.modalities.split(","):
+        if not 0 < args.startup_files < counts[modality]:
+            parser.error(f"--startup_files={args.startup_files}: must be between 0 and {modality}'s "
+                         f"{counts[modality]} files")
     work_dir = Path(args.work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
+    began = time.monotonic()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'':6} {'files':>6} {'phase':15} {'seconds':>8} {'files/s':>9} {'vs loop':>8} {'CPU s':>8} "
-          f"{'bytes/example':>14} {'peak MiB':>9}")
-    counts = {"audio": args.audio_files, "image": args.image_files}
+    print(HEADER)
     rows_by_size = {}
     for modality in args.modalities.split(","):
-        for files in (counts[modality], 4 * counts[modality]):
-            rows = bench_modality(modality, count=files, work_dir=work_dir, repeats=args.repeats)
+        for files in (args.startup_files, counts[modality]):
+            rows = bench_size(modality, count=files, engines=engines, corpora=Path(args.corpora), work_dir=work_dir,
+                              repeats=args.repeats)
             print_rows(modality, rows)
             rows_by_size.setdefault(modality, []).append(rows)
     print_verdicts(rows_by_size)
-    print(f"load average {os.getloadavg()[0]:.1f}")
+    print(f"load average {os.getloadavg()[0]:.1f}; {(time.monotonic() - began) / 60:.1f} minutes")
 
 
 if __name__ == "__main__":
