@@ -18,11 +18,13 @@ WORKER_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],
+    "s3": ["apache-beam[aws]>=2.60"],  # s3:// roots and output; the commit's conditional PutObject uses its boto3
     "dask": ["apache-beam[dask]>=2.60", "distributed>=2024.1"],  # --runner=...dask_runner.DaskRunner
     "trainer": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "matplotlib>=3.8"],  # TensorBoard logs need the tensorboard package
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
     "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3", "tensorflow-datasets>=4.9",
-             "apache-beam[dask]>=2.60", "distributed>=2024.1"],
+             "apache-beam[dask]>=2.60", "distributed>=2024.1",
+             "apache-beam[aws]>=2.60", "moto[server]>=5.1"],  # moto: an S3 server that honours If-None-Match
 }
 
 setuptools.setup(

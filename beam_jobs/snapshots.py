@@ -45,7 +45,7 @@ from beam_jobs.manifest import DatasetManifest, SplitInfo, resolve_manifest  # n
 from beam_jobs.runs import new_run_id  # noqa: E402
 from beam_jobs.splits import SPLITS  # noqa: E402
 from beam_jobs.storage import AlreadyExistsError, create_exclusive, delete_tree, list_names  # noqa: E402
-from beam_jobs.storage import write_atomically  # noqa: E402
+from beam_jobs.storage import PIPELINE_OPTIONS_HELP, use_pipeline_options, write_atomically  # noqa: E402
 
 DEFAULT_KEEP_SNAPSHOTS = 5  # the --keep_snapshots of beam_jobs.preprocess
 
@@ -219,11 +219,13 @@ def snapshot_listing(dataset_dir: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.snapshots", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_jobs.snapshots", description=__doc__.split("\n")[0],
+                                     epilog=PIPELINE_OPTIONS_HELP)
     parser.add_argument("dataset_dir", help="a dataset folder written by beam_jobs.preprocess, e.g. OUT/audio")
     parser.add_argument("--rollback", type=int, metavar="ID",
                         help="commit a new snapshot holding the records of snapshot ID")
-    args = parser.parse_args(argv)
+    args, pipeline_args = parser.parse_known_args(argv)
+    use_pipeline_options(pipeline_args)
     dataset_dir = args.dataset_dir.rstrip("/")
     if not snapshot_ids(dataset_dir)[0]:
         parser.error(f"{dataset_dir} has no snapshots: give a folder written by beam_jobs.preprocess")

@@ -1,6 +1,6 @@
 """Checks a snapshot of a dataset against its manifest: every shard's size, SHA-256, framing, CRCs and count.
 
-    python -m beam_jobs.verify OUT/audio [--snapshot ID]
+    python -m beam_jobs.verify OUT/audio [--snapshot ID] [--s3_endpoint_url URL ...]
 
 Prints one line per bad shard (missing, another size or checksum, broken
 framing, another record count) and a verdict; exits 0 when every shard is as
@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from beam_jobs.integrity import scan_shard  # noqa: E402
 from beam_jobs.manifest import DatasetManifest, ShardInfo  # noqa: E402
 from beam_jobs.snapshots import load  # noqa: E402
+from beam_jobs.storage import PIPELINE_OPTIONS_HELP, use_pipeline_options  # noqa: E402
 
 
 def shard_problems(path: str, shard: ShardInfo, *, compression: str | None) -> list[str]:
@@ -52,10 +53,12 @@ def verify(dataset_dir: str, manifest: DatasetManifest) -> tuple[list[str], int,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_jobs.verify", description=__doc__.split("\n")[0],
+                                     epilog=PIPELINE_OPTIONS_HELP)
     parser.add_argument("dataset_dir", help="a folder with dataset.json, e.g. OUT/audio (local or URL)")
     parser.add_argument("--snapshot", type=int, metavar="ID", help="the snapshot to check; default: the current one")
-    args = parser.parse_args(argv)
+    args, pipeline_args = parser.parse_known_args(argv)
+    use_pipeline_options(pipeline_args)
     dataset_dir = args.dataset_dir.rstrip("/")
     try:
         manifest = load(dataset_dir, args.snapshot)

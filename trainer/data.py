@@ -2,7 +2,9 @@
 
 The `tf.io.parse_example` spec is built from `beam_jobs.features.FEATURES`, the
 schema the pipeline encoded with, so reader and writer cannot drift apart.
-Files are read with `tf.io.gfile` / `TFRecordDataset`, so `gs://` paths work.
+Files are read with `tf.io.gfile` / `TFRecordDataset`, so `gs://` paths work;
+`s3://` needs an S3 file system, which TensorFlow 2.x no longer has built in
+(tensorflow-io's loads with TF 2.16 at the latest).
 Normalization lives in the model (serving then needs no extra code), so the
 batches hold the stored tensors: float32 spectrograms or uint8 images.
 """
