@@ -7,6 +7,8 @@ of the tree come from `beam_jobs.input_tree`.
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs.storage import open_for_reading
+
 READ_CHUNK_BYTES = 1024 * 1024
 
 
@@ -29,7 +31,7 @@ def read_at_most(path: str, *, limit: int, expected_bytes: int) -> bytes:
     """
     chunks, total = [], 0
     request = min(expected_bytes + 1, limit)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with open_for_reading(path) as handle:
         while request > 0:
             chunk = handle.read(request)
             chunks.append(chunk)

@@ -77,6 +77,22 @@ def with_streaming_runner(pipeline_args: list[str]) -> list[str]:
     return with_default_runner(args)
 
 
+def make_runner(options: PipelineOptions):
+    """The runner object for `options`, or None to let Beam make it from --runner.
+
+    FnApiRunner gets the pipeline options handed to its worker processes, as Beam's DirectRunner does: by
+    itself it starts them with none, and a worker then reads s3:// without --s3_endpoint_url and its keys.
+    """
+    if options.view_as(StandardOptions).runner != "FnApiRunner":
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(
+            pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options()))))
+
+
 def runs_in_process(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> bool:
     """Whether a work list of `num_files` skips the runner: FnApiRunner (or DirectRunner) would start worker
     processes for fewer than `in_process_below` files. Other runners and larger work lists keep theirs."""

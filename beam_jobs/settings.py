@@ -9,7 +9,6 @@ import dataclasses
 import os
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import config as config_lib
 from beam_jobs import console
@@ -19,6 +18,7 @@ from beam_jobs.modalities import MODALITIES
 from beam_jobs.modality import Modality
 from beam_jobs.runners import IN_PROCESS_BELOW_FILES, with_streaming_runner
 from beam_jobs.snapshots import DEFAULT_KEEP_SNAPSHOTS
+from beam_jobs.storage import use_pipeline_options
 
 DEFAULT_MAX_SPANS = 16
 
@@ -175,7 +175,7 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
     args, pipeline_args = parser.parse_known_args(argv)
     # The launcher's own file operations (listing the roots, the commit) see what the workers see:
     # an object store's endpoint and credentials come from the pipeline options (--s3_endpoint_url, ...).
-    FileSystems.set_options(PipelineOptions(pipeline_args))
+    use_pipeline_options(pipeline_args)
     # Sorted: a file's reference holds the index of its root, which must not depend on the flags' order.
     roots = {name: tuple(sorted(normalize_root(root, flag=f"{name}_root", parser=parser)
                                 for root in getattr(args, f"{name}_root")))
