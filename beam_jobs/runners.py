@@ -90,7 +90,8 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(
-            pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options()))))
+            # The options set, not all: a default "--no_..." flag comes back under a name a worker cannot parse.
+            pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))))
 
 
 def runs_in_process(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> bool:
