@@ -132,12 +132,12 @@ class IngestWhenDue(beam.DoFn):
         self._temp_dir = run_temp_dir(settings.output_dir, run_id)
 
     def setup(self):
-        self._base_indexes = {}  # (modality, snapshot id) -> its base index: read once per snapshot
+        self._base_indexes = {}  # modality -> (snapshot id, its base index): read once per snapshot
 
     def process(self, tick, seen=beam.DoFn.StateParam(SEEN), last_commit=beam.DoFn.StateParam(LAST_COMMIT)):
         modality, _ = tick
-        # Prism may run two ticks of one key at once, with the same state: the second then plans on the
-        # snapshot the first committed, instead of featurizing the same files for a commit that would lose.
+        # Two ticks of one key can run at once (seen on Prism: the same files committed twice, the second
+        # commit losing); in turn, the second plans on the snapshot the first committed, and has nothing to do.
         with _COMMIT_LOCKS[modality]:
             self._tick(modality, seen, last_commit)
 
@@ -167,10 +167,12 @@ class IngestWhenDue(beam.DoFn):
             write_atomically(stopped_path, b"")
 
     def _base_index(self, modality: str, base: DatasetManifest | None) -> dict | None:
-        key = (modality, base.snapshot_id if base else None)
-        if key not in self._base_indexes:
-            self._base_indexes = {key: ingest.base_index_of(self._settings, modality, base)}
-        return self._base_indexes[key]
+        snapshot_id = base.snapshot_id if base else None
+        cached_id, index = self._base_indexes.get(modality, (None, None))
+        if index is None or cached_id != snapshot_id:
+            index = ingest.base_index_of(self._settings, modality, base)
+            self._base_indexes[modality] = (snapshot_id, index)
+        return index
 
     def _commit(self, plan: ModalityPlan) -> None:
         settings, modality = self._settings, plan.modality
