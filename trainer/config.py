@@ -18,12 +18,18 @@ class TrainConfig:
     # Model and optimisation.
     model: str = option("seed", "network: 'seed' (the reference convnet) or 'wide' (more filters + batch norm)")
     epochs: int = option(40, "passes over the training data; the cosine schedule spans them all")
-    batch_size: int = option(64, "examples per training step")
+    batch_size: int = option(64, "global batch: examples per training step over all workers and devices, "
+                                 "split evenly between them")
     learning_rate: float = option(1e-3, "initial RMSprop step size (Keras' default)")
     schedule: str = option("cosine", "learning rate 'cosine' (decays to 0 over --epochs) or 'constant'")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing; 0 = plain one-hot targets")
     patience: int = option(10, "epochs without a better validation accuracy before early stopping")
     seed: int = option(0, "seeds weight init, file order, shuffling and augmentation")
+    # Devices.
+    mixed_precision: bool = option(False, "compute in float16, keep weights, the output layer and the loss in "
+                                          "float32 (Keras 'mixed_float16'): for GPUs with tensor cores")
+    jit_compile: bool = option(True, "compile training steps with XLA (Keras' own default for these networks); "
+                                     "off for several workers on CPUs, which XLA cannot all-reduce on")
     # Input pipeline.
     shuffle_buffer_mb: float = option(128.0, "shuffle buffer memory: ~5k spectrograms, all of Fashion-MNIST")
     cache: bool = option(False, "hold the training records in RAM after the first epoch")

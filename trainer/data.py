@@ -20,12 +20,16 @@ import tensorflow as tf
 from beam_jobs.dataset_layout import tombstone_path
 from beam_jobs.features import FEATURES
 from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError, removed_message, resolve_manifest
+from trainer.sharding import epoch_ranges
 
 AUTOTUNE = tf.data.AUTOTUNE
 TRAINING_FEATURES = ("tensor", "label")
 _INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
 _READ_BLOCK = 256  # records handed over at once by the shard readers
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
+# Training takes batches in whichever order the parallel maps finish them: no thread waits for a slower one.
+_TRAINING_OPTIONS = tf.data.Options()
+_TRAINING_OPTIONS.deterministic = False
 
 
 class DatasetReadError(RuntimeError):
@@ -140,10 +144,55 @@ def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[s
     # Batch before parsing: one parse_example per batch is far cheaper than one per example;
     # dropping the remainder gives training static batch shapes.
     batches = records.batch(batch_size, drop_remainder=training)
-    batches = batches.map(make_parse(), num_parallel_calls=AUTOTUNE)
-    batches = batches.map(make_decode(dtype=manifest.tensor_dtype, shape=manifest.tensor_shape,
-                                      num_classes=len(manifest.labels)), num_parallel_calls=AUTOTUNE)
-    if training and augment is not None:
+    batches = _tensors(batches, manifest=manifest, augment=augment if training else None)
+    return batches.with_options(_TRAINING_OPTIONS) if training else batches
+
+
+def make_worker_dataset(*, manifest: DatasetManifest, data_dir: str, worker: int, num_workers: int,
+                        batch_size: int, batches_per_epoch: int, first_epoch: int, epochs: int, seed: int,
+                        shuffle_buffer: int, augment: Callable | None = None) -> tf.data.Dataset:
+    """Worker `worker`'s training batches for epochs first_epoch..epochs-1 (0-based), one epoch after another.
+
+    Each epoch is exactly `batches_per_epoch` batches of (tensor [batch_size, *shape], one-hot
+    float32 [batch_size, C]) from the records `trainer.sharding.epoch_ranges` gives this worker,
+    shuffled in a buffer of `shuffle_buffer` examples. Every worker's call gives the same number
+    of batches, as their collective steps need; a shard holding fewer records than the manifest
+    says fails the read (FailedPreconditionError) rather than ending one worker's epoch early.
+    """
+    shards = [(tf.io.gfile.join(data_dir, shard.path), shard.num_examples) for shard in manifest.splits["train"].shards]
+    plans = [epoch_ranges(shards, num_workers=num_workers, seed=seed, epoch=epoch)[worker]
+             for epoch in range(first_epoch, epochs)]
+    width = max(len(plan) for plan in plans)
+    # One row per epoch, padded with empty ranges to the longest: flat_map turns each row into its epoch.
+    table = tf.data.Dataset.from_tensor_slices((
+        tf.range(first_epoch, epochs, dtype=tf.int64),
+        [[r.path for r in plan] + [""] * (width - len(plan)) for plan in plans],
+        tf.constant([[r.start for r in plan] + [0] * (width - len(plan)) for plan in plans], tf.int64),
+        tf.constant([[r.count for r in plan] + [0] * (width - len(plan)) for plan in plans], tf.int64)))
+    compression = manifest.compression or ""
+
+    def read_range(path, start, count):
+        records = tf.data.TFRecordDataset(path, compression_type=compression).skip(start).take(count)
+        return records.apply(tf.data.experimental.assert_cardinality(count)).batch(_READ_BLOCK)
+
+    def epoch_batches(epoch, paths, starts, counts):
+        ranges = tf.data.Dataset.from_tensor_slices((paths, starts, counts)).filter(lambda p, s, count: count > 0)
+        records = ranges.interleave(read_range, cycle_length=min(width, _INTERLEAVE_CYCLE),
+                                    num_parallel_calls=AUTOTUNE, deterministic=False).unbatch()
+        # One seed for all epochs: each epoch shuffles other records (its ranges), in another order.
+        records = records.shuffle(shuffle_buffer, seed=seed)
+        return records.batch(batch_size, drop_remainder=True).take(batches_per_epoch)
+
+    return _tensors(table.flat_map(epoch_batches), manifest=manifest, augment=augment).with_options(_TRAINING_OPTIONS)
+
+
+def _tensors(batches: tf.data.Dataset, *, manifest: DatasetManifest, augment: Callable | None) -> tf.data.Dataset:
+    """Serialized Example batches -> (tensor, one-hot label) batches, augmented if `augment`, prefetched."""
+    parse = make_parse()
+    decode = make_decode(dtype=manifest.tensor_dtype, shape=manifest.tensor_shape, num_classes=len(manifest.labels))
+    # Parse and decode in one map: one hand-off between tf.data threads per batch instead of two.
+    batches = batches.map(lambda serialized: decode(parse(serialized)), num_parallel_calls=AUTOTUNE)
+    if augment is not None:
         batches = batches.map(augment, num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
 

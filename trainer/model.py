@@ -29,6 +29,11 @@ def input_layers(*, model_input: ModelInput, dtype: str, shape: list[int]) -> li
     return stack + [NORMALIZATIONS[model_input.normalization]()]
 
 
+def output_layer(num_classes: int) -> layers.Layer:
+    """Class probabilities, computed in float32 even under mixed precision: float16 softmax and loss lose accuracy."""
+    return layers.Dense(num_classes, activation="softmax", dtype="float32")
+
+
 def seed_network(num_classes: int) -> list:
     """The reference convnet: two 3x3 convolutions of 32 filters with max-pooling, Dense 64, dropout 0.5."""
     return [
@@ -39,7 +44,7 @@ def seed_network(num_classes: int) -> list:
         layers.Flatten(),
         layers.Dense(64, activation="relu"),
         layers.Dropout(0.5),
-        layers.Dense(num_classes, activation="softmax"),
+        output_layer(num_classes),
     ]
 
 
@@ -56,7 +61,7 @@ def wide_network(num_classes: int) -> list:
         *conv(128),
         layers.GlobalAveragePooling2D(),
         layers.Dropout(0.3),
-        layers.Dense(num_classes, activation="softmax"),
+        output_layer(num_classes),
     ]
 
 
@@ -64,11 +69,12 @@ NETWORKS = {"seed": seed_network, "wide": wide_network}
 
 
 def build_model(*, name: str, modality: str, shape: list[int], num_classes: int, learning_rate: float,
-                decay_steps: int = 0, label_smoothing: float = 0.0) -> keras.Model:
+                decay_steps: int = 0, label_smoothing: float = 0.0, jit_compile: bool = True) -> keras.Model:
     """A compiled model: stored tensor batch -> float32 class probabilities [batch, num_classes].
 
     RMSprop, its step size cosine-decayed to 0 over `decay_steps` (0: constant), and
-    categorical cross-entropy on one-hot labels; reports accuracy.
+    categorical cross-entropy on one-hot labels; reports accuracy. Under Keras' "mixed_float16"
+    policy the layers compute in float16 and Keras scales the loss (LossScaleOptimizer).
     """
     spec = get_modality(modality)
     model = keras.Sequential(input_layers(model_input=spec.model_input, dtype=spec.tensor_dtype, shape=shape)
@@ -78,5 +84,5 @@ def build_model(*, name: str, modality: str, shape: list[int], num_classes: int,
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=jit_compile)
     return model
