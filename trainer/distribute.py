@@ -81,11 +81,12 @@ def describe(strategy: tf.distribute.Strategy, role: Role) -> str:
         devices = f"{len(gpus)} GPU{'s' * (len(gpus) > 1)}: {', '.join(names)}"
     else:
         devices = f"CPU ({os.cpu_count()} cores)"
-    where = (f"worker {role.worker}{' (chief)' if role.is_chief else ''} of {role.num_workers}, "
-             if role.num_workers > 1 else "")
-    name = "MultiWorkerMirroredStrategy" if is_multi_worker(strategy) else type(strategy).__name__
-    return (f"{where}{name}, {strategy.num_replicas_in_sync} "
-            f"replica{'s' * (strategy.num_replicas_in_sync > 1)} in sync, on {devices}")
+    if is_multi_worker(strategy):
+        return (f"worker {role.worker}{' (chief)' if role.is_chief else ''} of {role.num_workers}, "
+                f"MultiWorkerMirroredStrategy, {strategy.num_replicas_in_sync} replicas in sync, on {devices}")
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return f"MirroredStrategy, {strategy.num_replicas_in_sync} replicas in sync, on {devices}"
+    return f"one device, on {devices}"
 
 
 def barrier(strategy: tf.distribute.Strategy) -> None:
