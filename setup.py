@@ -16,11 +16,15 @@ WORKER_REQUIRES = [
     "scipy>=1.11",
 ]
 
+TRAINER_TOOLS = ["tensorboard>=2.16", "matplotlib>=3.8"]  # TensorBoard logs need the tensorboard package
+
 EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],
     "s3": ["apache-beam[aws]>=2.60"],  # s3:// roots and output; the commit's conditional PutObject uses its boto3
     "dask": ["apache-beam[dask]>=2.60", "distributed>=2024.1"],  # --runner=...dask_runner.DaskRunner
-    "trainer": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "matplotlib>=3.8"],  # TensorBoard logs need the tensorboard package
+    "trainer": ["tensorflow-cpu>=2.16", *TRAINER_TOOLS],
+    # Instead of "trainer" on a machine with NVIDIA GPUs: TensorFlow with its CUDA libraries from PyPI.
+    "trainer-gpu": ["tensorflow[and-cuda]>=2.16", *TRAINER_TOOLS],
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
     "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3", "tensorflow-datasets>=4.9",
              "apache-beam[dask]>=2.60", "distributed>=2024.1",
