@@ -4,7 +4,8 @@
 
 Every run trains on the same 4 global batches of 16 examples: with N workers, worker i takes
 rows i, i+N, ... of each global batch, so N workers and one process see the same batches,
-and their weights and logs must agree.
+and their weights and logs must agree; validation on 20 examples (batches of 16 and 4) is split
+between the workers as the trainer splits it, every Nth batch.
 """
 import json
 import pathlib
@@ -46,6 +47,10 @@ if distribute.is_multi_worker(strategy):
     data = strategy.distribute_datasets_from_function(worker_batches)
 else:
     data = worker_batches(tf.distribute.InputContext())
-history = model.fit(data, epochs=2, steps_per_epoch=STEPS, verbose=0).history
+validation = tf.data.Dataset.from_tensor_slices((features[:20] * 0.9, targets[:20])).batch(GLOBAL_BATCH)
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+history = model.fit(data, epochs=2, steps_per_epoch=STEPS, validation_data=validation.with_options(options),
+                    verbose=0).history
 print(json.dumps({"worker": role.worker, "history": history,
                   "weights": [float(np.sum(weights)) for weights in model.get_weights()]}))

@@ -114,7 +114,8 @@ def test_two_workers_train_to_the_weights_and_logs_of_one_process_on_the_same_ba
 
     assert results[0]["weights"] == results[1]["weights"] and results[0]["history"] == results[1]["history"]
     np.testing.assert_allclose(results[0]["weights"], single["weights"], atol=1e-5)
-    for key in ("loss", "accuracy"):
+    assert set(single["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for key in single["history"]:
         np.testing.assert_allclose(results[0]["history"][key], single["history"][key], rtol=1e-5)
 
 
