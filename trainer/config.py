@@ -11,6 +11,7 @@ from beam_jobs.config import option, require
 
 MODELS = ("seed", "wide")
 SCHEDULES = ("cosine", "constant")
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit_compile -> Keras' compile(jit_compile=...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +29,9 @@ class TrainConfig:
     # Devices.
     mixed_precision: bool = option(False, "compute in float16, keep weights, the output layer and the loss in "
                                           "float32 (Keras 'mixed_float16'): for GPUs with tensor cores")
-    jit_compile: bool = option(True, "compile training steps with XLA (Keras' own default for these networks); "
-                                     "off for several workers on CPUs, which XLA cannot all-reduce on")
+    jit_compile: str = option("auto", "XLA-compile the training step: 'auto' (Keras' choice: on with a GPU; off on "
+                                      "CPUs, where it made epochs 2-3x slower here, and under tf.distribute), "
+                                      "'on' or 'off'")
     # Input pipeline.
     shuffle_buffer_mb: float = option(128.0, "shuffle buffer memory: ~5k spectrograms, all of Fashion-MNIST")
     cache: bool = option(False, "hold the training records in RAM after the first epoch")
@@ -52,6 +54,7 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
         require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
+        require(self.jit_compile in JIT_COMPILE, "jit_compile", self.jit_compile, f"one of {tuple(JIT_COMPILE)}")
         require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)")
         require(self.patience >= 1, "patience", self.patience, ">= 1")
         require(self.shuffle_buffer_mb > 0, "shuffle_buffer_mb", self.shuffle_buffer_mb, "> 0")

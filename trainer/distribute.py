@@ -191,9 +191,13 @@ def run_local_workers(module_args: list[str], *, num_workers: int) -> int:
                           f"rerun the same command to resume from the last finished epoch", file=sys.stderr)
                     return 1
                 index, code = failed[0]
-                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-                print(f"error: worker {index} {how}, so the other workers were stopped; rerun the same command "
-                      f"to resume from the last finished epoch", file=sys.stderr)
+                if code < 0:
+                    print(f"error: worker {index} was killed by {signal.Signals(-code).name}, so the other workers "
+                          f"were stopped; rerun the same command to resume from the last finished epoch",
+                          file=sys.stderr)
+                else:
+                    print(f"error: worker {index} exited with status {code} (its last lines above say why), so the "
+                          f"other workers were stopped", file=sys.stderr)
                 return 1
             if all(code == 0 for code in codes):
                 return 0

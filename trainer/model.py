@@ -69,7 +69,7 @@ NETWORKS = {"seed": seed_network, "wide": wide_network}
 
 
 def build_model(*, name: str, modality: str, shape: list[int], num_classes: int, learning_rate: float,
-                decay_steps: int = 0, label_smoothing: float = 0.0, jit_compile: bool = True) -> keras.Model:
+                decay_steps: int = 0, label_smoothing: float = 0.0, jit_compile: bool | str = "auto") -> keras.Model:
     """A compiled model: stored tensor batch -> float32 class probabilities [batch, num_classes].
 
     RMSprop, its step size cosine-decayed to 0 over `decay_steps` (0: constant), and

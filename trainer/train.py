@@ -31,7 +31,7 @@ from beam_jobs.config import ConfigError
 from beam_jobs.manifest import SnapshotNotFoundError, SnapshotRemovedError
 from trainer import distribute
 from trainer.augment import make_augmentation
-from trainer.config import TrainConfig
+from trainer.config import JIT_COMPILE, TrainConfig
 from trainer.data import (DatasetReadError, load_manifest, make_dataset, make_worker_dataset, naming_bad_shards,
                           shuffle_buffer_size)
 from trainer.model import build_model
@@ -105,8 +105,11 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
     if steps == 0:
         raise ConfigError(f"batch_size={config.batch_size} is invalid: the {train_examples} training examples "
                           f"make no full batch{f' on each of {role.num_workers} workers' * multi_worker}")
-    # "Collectives are not yet implemented for CPU devices when compiling with XLA" (TensorFlow 2.21).
-    jit_compile = config.jit_compile and not (multi_worker and not tf.config.list_physical_devices("GPU"))
+    jit_compile = JIT_COMPILE[config.jit_compile]
+    if jit_compile is True and multi_worker and not tf.config.list_physical_devices("GPU"):
+        raise ConfigError("jit_compile='on' is invalid with several workers on CPUs: TensorFlow cannot compile "
+                          "their all-reduce with XLA (\"Collectives are not yet implemented for CPU devices when "
+                          "compiling with XLA\"); use 'auto' or 'off'")
     with strategy.scope():
         model = build_model(name=config.model, modality=manifest.modality, shape=manifest.tensor_shape,
                             num_classes=len(manifest.labels), learning_rate=config.learning_rate,
@@ -115,10 +118,9 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
     if multi_worker:
         distribute.barrier(strategy)  # the chief has written the run's settings; its backup is what all restore
     counts = ", ".join(f"{split} {info.num_examples}" for split, info in manifest.splits.items())
-    xla = ("XLA" if jit_compile else
-           "no XLA (TensorFlow cannot compile collectives for CPUs)" if config.jit_compile else "no XLA")
     print(f"Training on {distribute.describe(strategy, role)}; "
-          f"{'mixed float16' if config.mixed_precision else 'float32'} precision; {xla}.")
+          f"{'mixed float16' if config.mixed_precision else 'float32'} precision; "
+          f"XLA {'on' if model.jit_compile else 'off'}.")
     if role.is_chief:
         print(f"Training the {config.model} network on {data_dir}, {manifest.describe()}: {manifest.modality}, "
               f"{len(manifest.labels)} labels, "

@@ -198,6 +198,16 @@ def test_workers_flag_refuses_to_start_a_cluster_inside_one(data_dirs, tmp_path)
     assert "--workers starts a cluster on this machine, but TF_CONFIG already names one" in result.stderr
 
 
+def test_xla_on_several_cpu_workers_is_refused_in_one_line(data_dirs, tmp_path):
+    command = [*train_command(data_dirs["image"], tmp_path / "model", epochs=1), "--jit_compile", "on"]
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=180)
+
+    assert result.returncode == 1
+    assert ("[worker 0] error: jit_compile='on' is invalid with several workers on CPUs: TensorFlow cannot compile "
+            "their all-reduce with XLA") in result.stdout
+    assert result.stderr.strip().splitlines()[-1].endswith("so the other workers were stopped")
+
+
 def predictions(model_dir: pathlib.Path, batch: np.ndarray, *, mixed: bool, jit_compile: bool) -> np.ndarray:
     """Probabilities of the trained model's weights in a network built with the given precision and XLA."""
     manifest = load_manifest(str(model_dir))
@@ -229,10 +239,11 @@ def test_mixed_precision_and_xla_predict_within_tolerance_of_float32(model_dirs,
 
 
 def test_training_with_mixed_precision_and_xla_runs_on_cpu(data_dirs, tmp_path, capsys):
-    config = dataclasses.replace(TOY_CONFIG, epochs=2, mixed_precision=True, jit_compile=True)
+    config = dataclasses.replace(TOY_CONFIG, epochs=2, mixed_precision=True, jit_compile="on")
     history = train(data_dir=str(data_dirs["image"]), model_dir=str(tmp_path / "model"), config=config)
 
-    assert "Training on one device, on CPU (" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "Training on one device, on CPU (" in output and "; mixed float16 precision; XLA on." in output
     assert history["epoch"] == [1, 2] and np.isfinite(history["loss"]).all()
     assert keras.config.dtype_policy().name == "float32", "the mixed policy must not outlive the run"
     model = keras.saving.load_model(tmp_path / "model" / "model.keras")
