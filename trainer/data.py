@@ -25,7 +25,9 @@ from trainer.sharding import epoch_ranges
 AUTOTUNE = tf.data.AUTOTUNE
 TRAINING_FEATURES = ("tensor", "label")
 _INTERLEAVE_CYCLE = 16  # shards read at once: beyond parallelism, more open shards also mix examples
-_READ_BLOCK = 256  # records handed over at once by the shard readers
+# Records handed over at once by a shard reader: about this many bytes of tensors, so that the blocks
+# in flight (two per open shard) take the same memory whatever the record size and however many shards.
+_READ_BLOCK_BYTES = 2**19
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64}
 # Training takes batches in whichever order the parallel maps finish them: no thread waits for a slower one.
 _TRAINING_OPTIONS = tf.data.Options()
@@ -129,7 +131,7 @@ def make_dataset(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[s
     # cost more than the reading itself (0.8 s of every Fashion-MNIST epoch, against 0.15 s in blocks).
     records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.compression or "").batch(
-            _READ_BLOCK),
+            _read_block(manifest)),
         cycle_length=min(len(paths), _INTERLEAVE_CYCLE), num_parallel_calls=AUTOTUNE,
         deterministic=not training).unbatch()  # training takes whichever shard is ready first
     # Plain finite epochs, not repeat() + steps_per_epoch: every epoch sees each example once, validation
@@ -173,7 +175,7 @@ def make_worker_dataset(*, manifest: DatasetManifest, data_dir: str, worker: int
 
     def read_range(path, start, count):
         records = tf.data.TFRecordDataset(path, compression_type=compression).skip(start).take(count)
-        return records.apply(tf.data.experimental.assert_cardinality(count)).batch(_READ_BLOCK)
+        return records.apply(tf.data.experimental.assert_cardinality(count)).batch(_read_block(manifest))
 
     def epoch_batches(epoch, paths, starts, counts):
         ranges = tf.data.Dataset.from_tensor_slices((paths, starts, counts)).filter(lambda p, s, count: count > 0)
@@ -197,10 +199,18 @@ def _tensors(batches: tf.data.Dataset, *, manifest: DatasetManifest, augment: Ca
     return batches.prefetch(AUTOTUNE)
 
 
+def _read_block(manifest: DatasetManifest) -> int:
+    """Records per block handed over by a shard reader: _READ_BLOCK_BYTES of tensors, 16 to 1024 records."""
+    return int(min(1024, max(16, _READ_BLOCK_BYTES // _example_bytes(manifest))))
+
+
+def _example_bytes(manifest: DatasetManifest) -> int:
+    return np.dtype(manifest.tensor_dtype).itemsize * math.prod(manifest.tensor_shape)
+
+
 def shuffle_buffer_size(*, manifest: DatasetManifest, megabytes: float) -> int:
     """Examples of the training split that fit in `megabytes` (their stored tensors), at least one."""
-    example_bytes = np.dtype(manifest.tensor_dtype).itemsize * math.prod(manifest.tensor_shape)
-    return int(max(1, min(manifest.splits["train"].num_examples, megabytes * 2**20 // example_bytes)))
+    return int(max(1, min(manifest.splits["train"].num_examples, megabytes * 2**20 // _example_bytes(manifest))))
 
 
 def find_bad_shards(*, manifest: DatasetManifest, data_dir: str, splits: Iterable[str]) -> list[str]:
