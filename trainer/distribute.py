@@ -163,8 +163,8 @@ def run_local_workers(module_args: list[str], *, num_workers: int) -> int:
 
     Each worker's output is copied to stdout, its lines prefixed "[worker i]". When one worker
     fails or is killed, the others are stopped (they would wait for it forever) and 1 is
-    returned; a rerun of the same command resumes from the last finished epoch. SIGINT or
-    SIGTERM to this process stops every worker.
+    returned; after a kill or a stop, a rerun of the same command resumes from the last
+    finished epoch. SIGINT or SIGTERM to this process stops every worker.
     """
     workers, copiers = [], []
     for index, tf_config in enumerate(local_cluster_configs(num_workers)):

@@ -74,8 +74,7 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
     if config.batch_size % replicas:
         raise ConfigError(f"batch_size={config.batch_size} is invalid: it is the global batch, split evenly "
                           f"over the {replicas} replicas in sync; it must be a multiple of {replicas}")
-    multi_worker = distribute.is_multi_worker(strategy)
-    if multi_worker and config.cache:
+    if role.num_workers > 1 and config.cache:
         raise ConfigError("cache=True is invalid with several workers: each epoch a worker reads other shards, so "
                           "no worker can hold its records; train without --cache")
     if role.is_chief:
@@ -84,15 +83,16 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
 
     with _precision_policy(config.mixed_precision):
         history = _fit(manifest=manifest, data_dir=data_dir, layout=layout, config=config, strategy=strategy,
-                       role=role, multi_worker=multi_worker)
+                       role=role)
     if role.num_workers > 1:
         distribute.barrier(strategy)  # the others exit only once the chief has written everything
     return history
 
 
 def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, strategy: tf.distribute.Strategy,
-         role: distribute.Role, multi_worker: bool) -> dict:
+         role: distribute.Role) -> dict:
     """Builds the model under `strategy`, fits it with the callbacks of `role` and, on the chief, exports it."""
+    multi_worker = role.num_workers > 1  # make_strategy gives MultiWorkerMirroredStrategy exactly then
     keras.utils.set_random_seed(config.seed)
     augment = make_augmentation(manifest.spec.model_input.augmentation, config)
     train_examples = manifest.splits["train"].num_examples
