@@ -34,7 +34,7 @@ from beam_jobs.dataset_layout import errors_path, run_temp_dir  # noqa: E402
 from beam_jobs.failpoints import pause_if_asked  # noqa: E402
 from beam_jobs.pipeline import SpanJob, build_pipeline, write_span_in_process  # noqa: E402
 from beam_jobs.progress import ProgressLine, write_matched_count  # noqa: E402
-from beam_jobs.runners import make_runner, runs_in_process, with_default_runner  # noqa: E402
+from beam_jobs.runners import runner_for, runs_in_process, with_default_runner  # noqa: E402
 from beam_jobs.runs import clean_debris, new_run_id, release_lease, take_lease, write_lease  # noqa: E402
 from beam_jobs.settings import Settings, parse_settings  # noqa: E402
 from beam_jobs.summary import PreprocessSummary, format_summary  # noqa: E402
@@ -96,9 +96,10 @@ def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOp
             for job in jobs:
                 write_span_in_process(job, settings=settings, created=created, progress_dir=progress_dir)
             return
-        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-        build_pipeline(pipeline, settings, jobs=jobs, created=created, progress_dir=progress_dir)
-        pipeline.run().wait_until_finish()
+        with runner_for(options) as runner:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build_pipeline(pipeline, settings, jobs=jobs, created=created, progress_dir=progress_dir)
+            pipeline.run().wait_until_finish()
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ Beam's imports) and stop, and building and running the pipeline about 2 s more,
 more than featurizing a few hundred files; a nightly re-ingest of a few hundred
 new files would spend most of its time on that. The output is the same, byte for byte.
 """
+import contextlib
 import os
 import shutil
 import sys
@@ -77,21 +78,33 @@ def with_streaming_runner(pipeline_args: list[str]) -> list[str]:
     return with_default_runner(args)
 
 
-def make_runner(options: PipelineOptions):
-    """The runner object for `options`, or None to let Beam make it from --runner.
+@contextlib.contextmanager
+def runner_for(options: PipelineOptions):
+    """Yields the runner object for `options`, or None to let Beam make it from --runner.
 
     FnApiRunner gets the pipeline options handed to its worker processes, as Beam's DirectRunner does: by
     itself it starts them with none, and a worker then reads s3:// without --s3_endpoint_url and its keys.
+    Its multi_processing workers are forked from a zygote (`beam_jobs.forked_workers`) that lives as long as
+    the block, where that is available.
     """
     if options.view_as(StandardOptions).runner != "FnApiRunner":
-        return None
+        yield None
+        return
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(
-            # The options set, not all: a default "--no_..." flag comes back under a name a worker cannot parse.
-            pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))))
+    provision_info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        # The options set, not all: a default "--no_..." flag comes back under a name a worker cannot parse.
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))))
+    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
+        yield fn_runner.FnApiRunner(provision_info=provision_info)
+        return
+    from beam_jobs import forked_workers
+    if not forked_workers.forked_workers_available():
+        yield fn_runner.FnApiRunner(provision_info=provision_info)
+        return
+    with forked_workers.WorkerZygote() as zygote:
+        yield forked_workers.ForkedWorkersFnApiRunner(zygote=zygote, provision_info=provision_info)
 
 
 def runs_in_process(pipeline_args: list[str], *, num_files: int, in_process_below: int) -> bool:
