@@ -55,7 +55,7 @@ class RecordCopier:
 
 
 class FeaturizePart(beam.DoFn):
-    """((split, shard index, part), [work item line]) -> the part's ShardPart, and a JSON error row (str) per bad file.
+    """((split, shard index, part), [work item]) -> the part's ShardPart, and a JSON error row (str) per bad file.
 
     Handles the part's work items (`beam_jobs.plan`) one at a time in
     `shard_order` and streams each record into the part's temporary file, so a
@@ -86,9 +86,8 @@ class FeaturizePart(beam.DoFn):
         self._progress = ProgressFile(progress_dir=self._progress_dir, modality=self._spec.name)
 
     def process(self, part_and_items):
-        (split, index, part), lines = part_and_items
-        items = sorted((json.loads(line) for line in lines),
-                       key=lambda item: shard_order(root_index=item["root"], relative_path=item["path"]))
+        (split, index, part), items = part_and_items
+        items = sorted(items, key=lambda item: shard_order(root_index=item["root"], relative_path=item["path"]))
         copier = RecordCopier(self._dataset_dir)
         try:
             with PartWriter(temp_dir=self._temp_dir, split=split, index=index, part=part) as writer:

@@ -15,6 +15,7 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import snapshots
+from beam_jobs.assign import group_by_part
 from beam_jobs.dataset_layout import LEGACY_PATTERNS, errors_path, span_dir
 from beam_jobs.error_rows import write_error_rows
 from beam_jobs.failpoints import pause_if_asked
@@ -25,6 +26,7 @@ from beam_jobs.plan import ListedFile, ModalityPlan, list_input_files, make_plan
 from beam_jobs.records import ErrorRow
 from beam_jobs.runs import snapshots_in_use
 from beam_jobs.settings import Settings
+from beam_jobs.sharding import record_bytes
 from beam_jobs.storage import delete_tree, write_atomically
 from beam_jobs.summary import ModalityOutcome
 
@@ -60,9 +62,14 @@ def plan_listed(settings: Settings, modality: str, *, base: DatasetManifest | No
 
 
 def write_work_list(plan: ModalityPlan, *, settings: Settings, span: str, temp_dir: str) -> SpanJob:
-    """Writes the plan's work items, one JSON line each, into `temp_dir`; the job writes spans/<span>/."""
+    """Writes the plan's work items into `temp_dir`, grouped by part (`beam_jobs.pipeline.read_parts` reads
+    them); the job writes spans/<span>/."""
+    spec, config = settings.specs[plan.modality], settings.configs[plan.modality]
+    parts = group_by_part(plan.work, record_bytes=record_bytes(spec, feature_shape=config.feature_shape),
+                          shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
     work_path = f"{temp_dir}/work-{plan.modality}.jsonl"
-    write_atomically(work_path, "".join(json.dumps(item) + "\n" for item in plan.work).encode("utf-8"))
+    write_atomically(work_path, "".join(json.dumps({"part": part, "items": items}) + "\n"
+                                        for part, items in parts).encode("utf-8"))
     return SpanJob(plan=plan, work_path=work_path, span_dir=span_dir(settings.dataset_dir(plan.modality), span),
                    temp_dir=f"{temp_dir}/{plan.modality}")
 

@@ -3,10 +3,12 @@
 The launcher has listed the files and planned the run (`beam_jobs.plan`); a
 branch reads its modality's work list and writes one new span:
 
-  ReadWorkItems  the plan's work list -> one JSON line per input file to put in the span
-  KeyByPart      line -> ((split, shard index, part), line), from the file's split and path alone
-  FeaturizePart  ((split, shard index, part), [line]) -> ShardPart written in one streaming pass, and an
-                 error row for each file that could not be used
+  ReadParts      the plan's work list -> ((split, shard index, part), [work item]) per part of a shard:
+                 the launcher grouped the input files by part, from each one's split and path alone
+                 (`beam_jobs.assign`)
+  SpreadParts    a Reshuffle: the parts go to every worker, not to the one that read the list
+  FeaturizePart  ((split, shard index, part), [work item]) -> ShardPart written in one streaming pass, and
+                 an error row for each file that could not be used
   WriteShards    ShardPart -> ShardFile: a shard's parts concatenated in order, read back and checked
   PublishSpan    ShardFile -> the shards renamed into spans/<run id>/, its index, then span.json, last
 
@@ -15,20 +17,19 @@ Nothing here commits: the launcher commits the snapshot after the pipeline
 """
 import collections
 import dataclasses
+import json
 
 import apache_beam as beam
 
 import beam_jobs
 from beam_jobs import features
-from beam_jobs.assign import key_by_part
 from beam_jobs.featurize import FeaturizePart, SplitOutputs
 from beam_jobs.input_files import read_text
 from beam_jobs.labels import index_labels
 from beam_jobs.manifest import DatasetManifest
 from beam_jobs.plan import ModalityPlan
 from beam_jobs.settings import Settings
-from beam_jobs.sharding import (ConcatenateParts, PublishSpan, PublishSpanFiles, ShardPart, WriteShards,
-                                record_bytes)
+from beam_jobs.sharding import ConcatenateParts, PublishSpan, PublishSpanFiles, ShardPart, WriteShards
 
 
 def manifest_template(modality: str, settings: Settings, *, labels: list[str], created: str) -> DatasetManifest:
@@ -51,8 +52,13 @@ class SpanJob:
     temp_dir: str
 
 
-def read_lines(path: str) -> list[str]:
-    return read_text(path).splitlines()
+def read_parts(path: str) -> list[tuple[tuple[str, int, int], list[dict]]]:
+    """The work list written by `beam_jobs.ingest.write_work_list`: [((split, shard index, part), [work item])]."""
+    parts = []
+    for line in read_text(path).splitlines():
+        part = json.loads(line)
+        parts.append((tuple(part["part"]), part["items"]))
+    return parts
 
 
 class WriteSpan(beam.PTransform):
@@ -73,14 +79,10 @@ class WriteSpan(beam.PTransform):
             pipeline
             # A file read by a plain FlatMap, not ReadFromText, whose splittable read not every runner has.
             | "WorkList" >> beam.Create([job.work_path])
-            | "ReadWorkItems" >> beam.FlatMap(read_lines)
-            | "KeyByPart" >> beam.Map(
-                key_by_part, files_per_split=job.plan.files_per_split(),
-                record_bytes=record_bytes(spec, feature_shape=config.feature_shape),
-                shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
-            # Only these small work items are shuffled, never the records. Grouping also breaks fusion after
-            # the read and spreads the parts over the workers as a separate Reshuffle would.
-            | "GroupByPart" >> beam.GroupByKey()
+            | "ReadParts" >> beam.FlatMap(read_parts)
+            # Only the parts' work items are shuffled, never the records; without it the parts would stay
+            # fused to the read, on one worker.
+            | "SpreadParts" >> beam.Reshuffle()
             | "FeaturizeParts" >> beam.ParDo(
                 FeaturizePart(spec=spec, config=config, dataset_dir=settings.dataset_dir(modality),
                               temp_dir=job.temp_dir, roots=settings.roots[modality],
@@ -123,20 +125,13 @@ def write_span_in_process(job: SpanJob, *, settings: Settings, created: str, pro
     """
     modality = job.plan.modality
     spec, config = settings.specs[modality], settings.configs[modality]
-    lines_by_part = collections.defaultdict(list)
-    files_per_split = job.plan.files_per_split()
-    one_record_bytes = record_bytes(spec, feature_shape=config.feature_shape)
-    for line in read_lines(job.work_path):
-        part, _ = key_by_part(line, files_per_split=files_per_split, record_bytes=one_record_bytes,
-                              shard_bytes=settings.shard_bytes, fixed_num_shards=settings.num_shards)
-        lines_by_part[part].append(line)
     featurize = FeaturizePart(spec=spec, config=config, dataset_dir=settings.dataset_dir(modality),
                               temp_dir=job.temp_dir, roots=settings.roots[modality],
                               vocabulary=index_labels(job.plan.labels), progress_dir=progress_dir)
     featurize.setup()
     parts_by_shard, error_lines = collections.defaultdict(list), []
-    for part in sorted(lines_by_part):
-        for output in featurize.process((part, lines_by_part[part])):
+    for part in read_parts(job.work_path):
+        for output in featurize.process(part):
             if isinstance(output, ShardPart):
                 parts_by_shard[(output.split, output.index)].append(output)
             else:

@@ -137,12 +137,6 @@ class ModalityPlan:
         return (self.full_reason is None and not self.compact and not self.work
                 and self.base is not None and self.kept_spans == self.base.spans)
 
-    def files_per_split(self) -> dict[str, int]:
-        counts = {}
-        for item in self.work:
-            counts[item["split"]] = counts.get(item["split"], 0) + 1
-        return counts
-
 
 def make_plan(*, modality: str, settings: Settings, base: DatasetManifest | None, listed: list[ListedFile],
               listing_counts: dict[str, int], base_index: dict[tuple[int, str], dict] | None, full: bool,

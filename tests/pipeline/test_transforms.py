@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
-from beam_jobs.assign import key_by_part
+from beam_jobs.assign import group_by_part, part_of
 from beam_jobs.audio import AUDIO, AudioConfig
 from beam_jobs.config import SplitConfig
 from beam_jobs.error_rows import write_error_rows
@@ -30,7 +30,7 @@ from beam_jobs.plan import list_input_files
 from beam_jobs.records import ErrorRow
 from beam_jobs.runners import runs_in_process
 from beam_jobs.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
-                                record_bytes, shard_index)
+                                read_shard_rows, record_bytes, shard_index)
 from beam_jobs.splits import SplitRule
 
 AUDIO_EXTENSIONS = AUDIO.extensions
@@ -75,9 +75,9 @@ def test_read_at_most_reads_whole_files_and_stops_at_the_limit(tmp_path):
     assert read_at_most(str(path), limit=100, expected_bytes=0) == b""
 
 
-def work_line(root: int, path: str, size: int, split: str = "train", **extra) -> str:
+def work_item(root: int, path: str, size: int, split: str = "train", **extra) -> dict:
     """A work item of the plan, as the pipeline reads it."""
-    return json.dumps({"root": root, "path": path, "size": size, "mtime": 1.5, "split": split, **extra})
+    return {"root": root, "path": path, "size": size, "mtime": 1.5, "split": split, **extra}
 
 
 def test_listing_keeps_inputs_of_every_root_gives_splits_and_counts_the_rest(tmp_path):
@@ -139,13 +139,13 @@ def test_featurize_part_writes_good_files_in_path_hash_order_and_sends_bad_files
     }
     for relative, data in files.items():
         write(tmp_path / "in" / relative, data)
-    items = [work_line(1, relative, len(data), "test") for relative, data in files.items()]
+    items = [work_item(1, relative, len(data), "test") for relative, data in files.items()]
     # The listing says this one is huge: it must be rejected without being read.
-    items.append(work_line(1, "yes/good.wav", 10**12, "test"))
+    items.append(work_item(1, "yes/good.wav", 10**12, "test"))
     # An error carried from an earlier span: its file is not read again.
-    items.append(work_line(1, "no/gone.wav", 7, "test", error="carried reason"))
+    items.append(work_item(1, "no/gone.wav", 7, "test", error="carried reason"))
     config = AudioConfig(max_file_bytes=10**6)
-    bad_only = [work_line(1, "no/empty.wav", 0)]
+    bad_only = [work_item(1, "no/empty.wav", 0)]
 
     shard_parts, error_rows = (
         pipeline
@@ -199,7 +199,7 @@ def test_featurize_part_copies_records_of_earlier_spans_by_offset_and_checks_the
             writer.write(record, label_name="yes", file_row=(0, f"yes/{index}.wav", 5, 1.5, "train"))
     old_shard = pathlib.Path(writer.shard_part.temp_path)
     shard = f"spans/old/{old_shard.name}"
-    items = [work_line(0, f"yes/{index}.wav", 5, copy={"shard": shard, "offset": offset, "length": length,
+    items = [work_item(0, f"yes/{index}.wav", 5, copy={"shard": shard, "offset": offset, "length": length,
                                                           "label": "yes"})
              for index, (*_, offset, length) in enumerate(writer.shard_part.rows)]
 
@@ -247,12 +247,12 @@ def test_shard_and_part_counts_and_indices():
     # Parts are ranges of the hash, so concatenating them in order keeps a shard in path-hash order.
     parts_in_order = [part_index(path, num_parts=5) for path in in_path_hash_order(paths)]
     assert parts_in_order == sorted(parts_in_order)
-    line = work_line(0, "yes/a.wav", 1)
-    key, value = key_by_part(line, files_per_split={"train": 4}, record_bytes=100, shard_bytes=200,
-                             fixed_num_shards=None, part_bytes=50, part_files=1000)
-    assert (key, value) == (("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4)), line)
-    key, _ = key_by_part(line, files_per_split={"train": 4}, record_bytes=1, shard_bytes=200,
-                         fixed_num_shards=None, part_bytes=50, part_files=1)
+    item = work_item(0, "yes/a.wav", 1)
+    key = part_of(item, files_per_split={"train": 4}, record_bytes=100, shard_bytes=200,
+                  fixed_num_shards=None, part_bytes=50, part_files=1000)
+    assert key == ("train", hash_prefix % 2, part_index("yes/a.wav", num_parts=4))
+    key = part_of(item, files_per_split={"train": 4}, record_bytes=1, shard_bytes=200,
+                  fixed_num_shards=None, part_bytes=50, part_files=1)
     assert key == ("train", 0, part_index("yes/a.wav", num_parts=4)), "one file per part"
 
 
@@ -268,21 +268,24 @@ def test_record_bytes_is_the_size_of_a_framed_record():
 def test_shards_are_assigned_from_the_split_the_path_and_the_number_of_files_per_split():
     split_config = SplitConfig(test_percent=50)
     rule = SplitRule(config=split_config, listed={"yes/0.wav": "validation"})
-    lines = [work_line(0, f"yes/{index}.wav", 1, rule.split_of(f"yes/{index}.wav")) for index in range(50)]
-    files_per_split = collections.Counter(json.loads(line)["split"] for line in lines)
+    items = [work_item(0, f"yes/{index}.wav", 1, rule.split_of(f"yes/{index}.wav")) for index in range(50)]
+    files_per_split = collections.Counter(item["split"] for item in items)
     assert files_per_split["validation"] == 1 and set(files_per_split) == {"train", "validation", "test"}
 
-    pairs = [key_by_part(line, files_per_split=files_per_split, record_bytes=100, shard_bytes=1000,
-                         fixed_num_shards=None, part_bytes=300) for line in lines]
+    parts = group_by_part(items, record_bytes=100, shard_bytes=1000, fixed_num_shards=None, part_bytes=300)
 
-    for (split, index, part), line in pairs:
-        relative_path = json.loads(line)["path"]
-        num_shards = math.ceil(files_per_split[split] * 100 / 1000)
-        num_parts = math.ceil(files_per_split[split] * 100 / num_shards / 300)
-        assert (split, index, part) == (json.loads(line)["split"], shard_index(relative_path, num_shards=num_shards),
-                                        part_index(relative_path, num_parts=num_parts)), line
-    assert len({key[:2] for key, _ in pairs if key[0] == "test"}) > 1, "the test split should span shards"
-    assert len({key for key, _ in pairs if key[:2] == ("test", 0)}) > 1, "a test shard should span parts"
+    assert [key for key, _ in parts] == sorted(key for key, _ in parts)
+    assert sorted(item["path"] for _, part_items in parts for item in part_items) == sorted(
+        item["path"] for item in items), "every item in one part"
+    for (split, index, part), part_items in parts:
+        for item in part_items:
+            num_shards = math.ceil(files_per_split[split] * 100 / 1000)
+            num_parts = math.ceil(files_per_split[split] * 100 / num_shards / 300)
+            assert (split, index, part) == (item["split"], shard_index(item["path"], num_shards=num_shards),
+                                            part_index(item["path"], num_parts=num_parts)), item
+    keys = [key for key, _ in parts]
+    assert len({key[:2] for key in keys if key[0] == "test"}) > 1, "the test split should span shards"
+    assert len({key for key in keys if key[:2] == ("test", 0)}) > 1, "a test shard should span parts"
 
 
 def read_framed_records(path) -> list[bytes]:
@@ -310,24 +313,22 @@ def test_error_rows_file_is_sorted_and_exists_when_empty(tmp_path):
 def test_shards_are_byte_identical_whatever_the_input_order_and_the_number_of_parts(
         tmp_path, pipeline, make_image, example_decoder):
     rng = np.random.default_rng(3)
-    lines, relative_paths = [], []
+    items, relative_paths = [], []
     for index in range(30):
         relative = f"label{index % 3}/{index}.png"
         data = make_image(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), "PNG")
         write(tmp_path / relative, data)
-        lines.append(work_line(0, relative, len(data)))
+        items.append(work_item(0, relative, len(data)))
         relative_paths.append(relative)
     # 30 files of 1000 bytes in one shard: parts of 10**9 bytes make one part, parts of 8000 bytes four.
-    runs = {"forward": (lines, 10**9), "backward": (lines[::-1], 10**9), "parts": (lines, 8000)}
+    runs = {"forward": (items, 10**9), "backward": (items[::-1], 10**9), "parts": (items, 8000)}
     shards = {}
     for name, (ordered, part_bytes) in runs.items():
         p = BeamTestPipeline(options=pipeline.options)
         temp_dir = tmp_path / name
         shard_files = (p
-                       | beam.Create(ordered)
-                       | beam.Map(key_by_part, files_per_split={"train": 30}, record_bytes=1000, shard_bytes=10**9,
-                                  fixed_num_shards=None, part_bytes=part_bytes)
-                       | beam.GroupByKey()
+                       | beam.Create(group_by_part(ordered, record_bytes=1000, shard_bytes=10**9, fixed_num_shards=None,
+                                                 part_bytes=part_bytes))
                        | beam.ParDo(FeaturizePart(spec=IMAGE, config=ImageConfig(), dataset_dir=str(tmp_path),
                                                   temp_dir=str(temp_dir), roots=(str(tmp_path),),
                                                   vocabulary={"label0": 0, "label1": 1, "label2": 2},
@@ -365,7 +366,7 @@ def test_write_shards_concatenates_parts_in_order_and_gzips(tmp_path, pipeline):
     def check_rows(shard_files):
         # The rows' offsets are now within the whole (uncompressed) shard.
         [shard_file] = shard_files
-        assert [(row[1], row[6], row[7]) for row in shard_file.rows] == [
+        assert [(row[1], row[6], row[7]) for row in read_shard_rows(shard_file)] == [
             ("0/0", 0, 1), ("0/1", 17, 2), ("1/0", 35, 3), ("2/0", 54, 4), ("2/1", 74, 1)]
 
     assert_that(shard_files, checked_shard_files([("train", 3, 5, {"x": 2, "y": 3})], temp_dir=tmp_path / "out"))
