@@ -262,4 +262,4 @@ AUDIO = Modality(
     model_input=ModelInput(name="spectrogram", normalization="standardize", add_channel_axis=True,
                            augmentation="spectrogram"),
     media="audio", title="Spoken words", nouns=("word", "words"), upload=("Upload a .wav", ".wav,audio/wav"),
-    demo_corpus=DemoCorpus(folder="speech", command="speech-commands"))
+    demo_corpus=DemoCorpus(folder="speech", command="speech-commands"), worker_imports=("scipy.io.wavfile",))

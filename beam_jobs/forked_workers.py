@@ -19,7 +19,7 @@ fork-safe once used, and the launcher's S3 clients hold sockets). It exits
 when the launcher closes its stdin, or dies. Linux only
 (`forked_workers_available`); elsewhere FnApiRunner starts its workers itself.
 
-    python -m beam_jobs.forked_workers LISTENING_SOCKET_FD   # the zygote; WorkerZygote starts it
+    python -m beam_jobs.forked_workers LISTENING_SOCKET_FD MODULE...   # the zygote; WorkerZygote starts it
 """
 import importlib
 import json
@@ -42,9 +42,12 @@ from apache_beam.runners.worker import sdk_worker_main
 from apache_beam.transforms import environments
 
 from beam_jobs import worker_client
+from beam_jobs.modalities import MODALITIES
 
-# What every worker needs before its first bundle, beside Beam's SDK harness (imported above): the pipeline's DoFns.
+# What every worker needs before its first bundle, beside Beam's SDK harness (imported above): the pipeline's
+# DoFns, and what each modality's featurizer imports on its first file (Modality.worker_imports).
 PRELOADED_MODULES = ("beam_jobs.pipeline", "beam_jobs.modalities")
+_READY = b"ready\n"  # the zygote's one line on stdout once it has imported them
 # The environment variable that turns forking off (0), so that FnApiRunner starts each worker as a new Python.
 FORK_WORKERS_VARIABLE = "SOUNDSIGHT_FORK_WORKERS"
 _STOP_TIMEOUT_SECONDS = 10
@@ -60,8 +63,9 @@ class WorkerZygote:
     forks one SDK worker from it (the command of a SubprocessSDKEnvironment). Stops the zygote on exit;
     workers already forked run on until their runner lets them go."""
 
-    def __init__(self):
+    def __init__(self, *, preloaded_modules: tuple[str, ...] = PRELOADED_MODULES):
         self.worker_command = None
+        self._preloaded_modules = preloaded_modules
         self._folder = None
         self._process = None
 
@@ -76,10 +80,18 @@ class WorkerZygote:
             package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             python_path = os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "beam_jobs.forked_workers", str(listener.fileno())],
-                stdin=subprocess.PIPE, pass_fds=[listener.fileno()], env={**os.environ, "PYTHONPATH": python_path})
+                [sys.executable, "-m", "beam_jobs.forked_workers", str(listener.fileno()), *self._preloaded_modules],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=[listener.fileno()],
+                env={**os.environ, "PYTHONPATH": python_path})
         self.worker_command = " ".join(shlex.quote(part) for part in worker_client.command(socket_path))
         return self
+
+    def wait_until_ready(self) -> None:
+        """Returns once the zygote has imported its modules; RuntimeError if it died first (its error is on
+        stderr), so that a run fails at once rather than waiting for workers that will never start."""
+        if self._process.stdout.readline() != _READY:
+            raise RuntimeError(f"the worker zygote (pid {self._process.pid}) exited with status "
+                               f"{self._process.wait()} before it could start any worker; its error is above")
 
     def __exit__(self, *exc_info):
         self._process.stdin.close()  # the zygote's signal to exit
@@ -91,11 +103,16 @@ class WorkerZygote:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-def serve(listener: socket.socket) -> None:
-    """The zygote: imports PRELOADED_MODULES, then forks a worker per connection until its stdin ends."""
+def serve(listener: socket.socket, *, preloaded_modules: list[str]) -> None:
+    """The zygote: imports `preloaded_modules` and the modalities' worker imports, says it is ready, then forks
+    a worker per connection until its stdin ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the launcher, which stops us
-    for name in PRELOADED_MODULES:
+    for name in preloaded_modules:
         importlib.import_module(name)
+    for spec in MODALITIES.values():
+        for name in spec.worker_imports:
+            importlib.import_module(name)
+    os.write(sys.stdout.fileno(), _READY)
     stdin = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([listener, stdin], [], [], _REAP_EVERY_SECONDS)
@@ -207,7 +224,13 @@ class ForkedWorkersFnApiRunner(fn_runner.FnApiRunner):
         finally:
             direct.direct_running_mode = "multi_processing"
 
+    def run_stages(self, stage_context, stages):
+        # Here, once the stages are planned and before any worker is asked for, not before: the planning
+        # overlaps the zygote's imports.
+        self._zygote.wait_until_ready()
+        return super().run_stages(stage_context, stages)
+
 
 if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    serve(socket.socket(fileno=int(sys.argv[1])), preloaded_modules=sys.argv[2:])
     os._exit(0)  # nothing to flush or clean up; an orderly exit of an interpreter holding Beam takes 0.5 s

@@ -69,3 +69,6 @@ class Modality:
     nouns: tuple[str, str]  # what a class is called, singular and plural ("word", "words")
     upload: tuple[str, str]  # the app's upload button: its text and the browser's file-picker filter
     demo_corpus: DemoCorpus | None = None
+    # Modules the featurizer imports on its first file, not at import time (so that commands that featurize
+    # nothing do not pay for them); the pipeline's worker zygote imports them ahead (beam_jobs.forked_workers).
+    worker_imports: tuple[str, ...] = ()

@@ -1,6 +1,8 @@
 """The one default Beam runner of soundsight, used when a command names none; the Prism binary; in-process runs.
 
-FnApiRunner with one SDK worker process per core: Beam's own DirectRunner
+FnApiRunner with one SDK worker process per core, forked from a zygote that
+has imported Beam and the featurizers once (`beam_jobs.forked_workers`, on
+Linux), so a worker starts in milliseconds rather than 2 CPU s. Beam's own DirectRunner
 (2.77) first hands a pipeline to Prism, which it tries to download from the
 internet when no binary is given, before falling back to this very runner.
 Naming it directly runs the same pipeline, byte for byte, with no download.
@@ -15,10 +17,10 @@ not run: it runs on Prism unless --runner names another streaming runner.
 
 A small work list runs in the launching process instead (`runs_in_process`),
 through the pipeline's own DoFns in a plain loop (`beam_jobs.pipeline.write_span_in_process`):
-each FnApiRunner worker process costs about 2 CPU seconds to start (Python and
-Beam's imports) and stop, and building and running the pipeline about 2 s more,
-more than featurizing a few hundred files; a nightly re-ingest of a few hundred
-new files would spend most of its time on that. The output is the same, byte for byte.
+starting FnApiRunner's workers (the zygote's imports, about 2 CPU s) and
+building and running the pipeline cost about 2 s, more than featurizing a few
+hundred files on one core; a nightly re-ingest of a few hundred new files would
+spend most of its time on that. The output is the same, byte for byte.
 """
 import contextlib
 import os

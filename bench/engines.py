@@ -6,7 +6,9 @@
   pool 2          the same per-file work in a multiprocessing.Pool(2), each task writing its own
                   shards: the practical ceiling on two cores
   beam in_memory  beam_jobs.preprocess on --runner=FnApiRunner, one process
-  beam 2 workers  the same with --direct_running_mode=multi_processing --direct_num_workers=2
+  beam 2 workers  the same with --direct_running_mode=multi_processing --direct_num_workers=2: its workers
+                  forked from a zygote that has imported Beam (beam_jobs.forked_workers)
+  beam 2 spawned  the same with SOUNDSIGHT_FORK_WORKERS=0: each worker a new Python, as Beam starts them
   prism           the same on --runner=PrismRunner: Prism in a process of its own, the SDK worker in
                   the launching process (LOOPBACK)
   prism service   the same on a Prism job service and Beam's SDK worker pool (worker_pool_main), both
@@ -30,6 +32,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from beam_jobs import preprocess
 from beam_jobs.config import SplitConfig
 from beam_jobs.errors import InvalidInputError
+from beam_jobs.forked_workers import FORK_WORKERS_VARIABLE
 from beam_jobs.input_files import read_at_most
 from beam_jobs.input_tree import class_folder
 from beam_jobs.labels import index_labels
@@ -47,11 +50,14 @@ PRISM_SERVICE = "prism service"
 RUNNER_FLAGS = {
     "beam in_memory": ["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
     "beam 2 workers": ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    "beam 2 spawned": ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "prism": ["--runner=PrismRunner"],
     PRISM_SERVICE: ["--runner=PortableRunner", "--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL",
                     "--environment_config=localhost:{pool_port}"],
 }
 ENGINES = ("loop", "pool 2", *RUNNER_FLAGS)
+# Environment variables an engine's process gets on top of this one's.
+ENGINE_ENVIRONMENT = {"beam 2 spawned": {FORK_WORKERS_VARIABLE: "0"}}
 
 
 def list_work(root: Path, *, modality: str) -> tuple[list[ListedFile], dict[str, int]]:

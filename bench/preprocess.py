@@ -2,8 +2,8 @@
 
     python -m bench.preprocess --corpora /tmp/fresh3/data/raw --audio_files 9000 --image_files 70000
 
-For each modality, the engines of bench.engines (loop, pool 2, beam 2 workers, prism, prism service;
-`--engines` picks them, beam in_memory too) run at two sizes: N files (--audio_files, --image_files;
+For each modality, the engines of bench.engines (loop, pool 2, beam 2 workers, beam 2 spawned, prism,
+prism service; `--engines` picks them, beam in_memory too) run at two sizes: N files (--audio_files, --image_files;
 the demo corpora's sizes by default) and --startup_files (30), taken from <--corpora>/<its demo corpus
 folder> (perturbed copies beyond the corpus's size; synthetic files when it is absent), with the
 corpus's split lists (a testing_list.txt naming every tenth file when it has none, as Fashion-MNIST's
@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import wavfile
 
-from bench.engines import ENGINES, REPO, RUNNER_FLAGS, run_engine, services
+from bench.engines import ENGINE_ENVIRONMENT, ENGINES, REPO, RUNNER_FLAGS, run_engine, services
 from beam_jobs.input_tree import classify
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.raw_files import read_listed_splits
@@ -52,7 +52,7 @@ CEILING = "pool 2"  # the engine every other one is compared with
 WITHIN_CEILING = 1.25  # target (1): the best runner's wall time at most this many times the pool's
 MAX_STARTUP_SECONDS = 2.0  # target (2)
 FLAT_MEMORY_RATIO = 1.2  # target (3) counts a peak at N up to this many times the peak at the small size as flat
-DEFAULT_ENGINES = "loop,pool 2,beam 2 workers,prism,prism service"
+DEFAULT_ENGINES = "loop,pool 2,beam 2 workers,beam 2 spawned,prism,prism service"
 
 
 def list_inputs(root: Path, extensions: tuple[str, ...]) -> list[Path]:
@@ -211,7 +211,8 @@ def measure(engine: str, *, modality: str, root: Path, files: int, out_dir: Path
     with services(engine, log_dir=log_dir) as (pipeline_args, service_pids, service_seconds):
         command = [sys.executable, "-m", "bench.preprocess", "--engine", engine, "--modality", modality,
                    "--root", str(root), "--out_dir", str(out_dir), "--", *pipeline_args]
-        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **ENGINE_ENVIRONMENT.get(engine, {})}) as child:
             with PeakMemory([child.pid, *service_pids]) as memory:
                 stdout, stderr = child.communicate()
     if child.returncode:

@@ -100,9 +100,18 @@ def test_a_worker_asked_of_a_stopped_zygote_is_refused_in_one_line():
     assert result.stderr.startswith("error: no worker zygote listens at ") and result.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("value", ["0"])
-def test_the_variable_named_in_the_docs_turns_forking_off(monkeypatch, value):
+def test_a_zygote_that_cannot_import_its_modules_fails_the_run_at_once_not_later(capfd):
+    with WorkerZygote(preloaded_modules=("beam_jobs.no_such_module",)) as zygote:
+        with pytest.raises(RuntimeError, match=r"the worker zygote \(pid \d+\) exited with status 1 before it "
+                                               r"could start any worker; its error is above"):
+            zygote.wait_until_ready()
+
+    assert "No module named 'beam_jobs.no_such_module'" in capfd.readouterr().err
+
+
+def test_the_variable_named_in_the_docs_turns_forking_off(monkeypatch):
     from beam_jobs import forked_workers
-    monkeypatch.setenv(forked_workers.FORK_WORKERS_VARIABLE, value)
-    assert forked_workers.FORK_WORKERS_VARIABLE == "SOUNDSIGHT_FORK_WORKERS"
+    monkeypatch.setenv("SOUNDSIGHT_FORK_WORKERS", "0")
     assert not forked_workers.forked_workers_available()
+    monkeypatch.setenv("SOUNDSIGHT_FORK_WORKERS", "1")
+    assert forked_workers.forked_workers_available()
