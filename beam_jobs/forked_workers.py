@@ -68,6 +68,7 @@ class WorkerZygote:
         self._preloaded_modules = preloaded_modules
         self._folder = None
         self._process = None
+        self._ready = False
 
     def __enter__(self):
         self._folder = tempfile.mkdtemp(prefix="soundsight-workers-")
@@ -89,9 +90,12 @@ class WorkerZygote:
     def wait_until_ready(self) -> None:
         """Returns once the zygote has imported its modules; RuntimeError if it died first (its error is on
         stderr), so that a run fails at once rather than waiting for workers that will never start."""
+        if self._ready:
+            return  # it says so once
         if self._process.stdout.readline() != _READY:
             raise RuntimeError(f"the worker zygote (pid {self._process.pid}) exited with status "
                                f"{self._process.wait()} before it could start any worker; its error is above")
+        self._ready = True
 
     def __exit__(self, *exc_info):
         self._process.stdin.close()  # the zygote's signal to exit

@@ -50,10 +50,11 @@ def test_two_workers_are_forked_by_one_zygote_which_stops_with_the_run(tmp_path)
 
     with runner_for(options) as runner:
         assert isinstance(runner, ForkedWorkersFnApiRunner)
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        _ = (pipeline | beam.Create(range(40)) | beam.Reshuffle()
-             | beam.Map(record_process(str(tmp_path))))
-        pipeline.run().wait_until_finish()
+        for _ in range(2):  # one runner, two pipelines: the zygote serves both
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            _ = (pipeline | beam.Create(range(40)) | beam.Reshuffle()
+                 | beam.Map(record_process(str(tmp_path))))
+            pipeline.run().wait_until_finish()
 
     workers = {int(path.name.removeprefix("parent-of-")): json.loads(path.read_text())
                for path in tmp_path.glob("parent-of-*")}
