@@ -23,6 +23,7 @@ import apache_beam as beam
 
 import beam_jobs
 from beam_jobs import features
+from beam_jobs.assign import PartKey
 from beam_jobs.featurize import FeaturizePart, SplitOutputs
 from beam_jobs.input_files import read_text
 from beam_jobs.labels import index_labels
@@ -52,7 +53,7 @@ class SpanJob:
     temp_dir: str
 
 
-def read_parts(path: str) -> list[tuple[tuple[str, int, int], list[dict]]]:
+def read_parts(path: str) -> list[tuple[PartKey, list[dict]]]:
     """The work list written by `beam_jobs.ingest.write_work_list`: [((split, shard index, part), [work item])]."""
     parts = []
     for line in read_text(path).splitlines():

@@ -2,9 +2,9 @@
 
 FnApiRunner with one SDK worker process per core, forked from a zygote that
 has imported Beam and the featurizers once (`beam_jobs.forked_workers`, on
-Linux), so a worker starts in milliseconds rather than 2 CPU s. Beam's own DirectRunner
-(2.77) first hands a pipeline to Prism, which it tries to download from the
-internet when no binary is given, before falling back to this very runner.
+Linux), so a worker starts in milliseconds rather than 2 CPU s. Beam's own
+DirectRunner (2.77) first hands a pipeline to Prism, which it tries to download
+from the internet when no binary is given, before falling back to this very runner.
 Naming it directly runs the same pipeline, byte for byte, with no download.
 
 A run on Prism (`--runner=PrismRunner`, or DirectRunner, which tries Prism
@@ -98,11 +98,9 @@ def runner_for(options: PipelineOptions):
     provision_info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
         # The options set, not all: a default "--no_..." flag comes back under a name a worker cannot parse.
         pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))))
-    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
-        yield fn_runner.FnApiRunner(provision_info=provision_info)
-        return
     from beam_jobs import forked_workers
-    if not forked_workers.forked_workers_available():
+    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+            or not forked_workers.forked_workers_available()):
         yield fn_runner.FnApiRunner(provision_info=provision_info)
         return
     with forked_workers.WorkerZygote() as zygote:
