@@ -36,7 +36,7 @@ setuptools.setup(
     version="0.1.0",
     description="One Beam + TensorFlow pipeline for spoken commands and images",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["beam_jobs", "trainer", "app", "workflow"]),
+    packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "app", "workflow"]),
     install_requires=WORKER_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -2,7 +2,7 @@
 
 `app.serve` prints these checks before it starts Voila and the page shows the
 same ones, so the two never disagree. The layouts are the pipeline's
-(`beam_jobs.dataset_layout.DataFolder`) and the trainer's
+(`beam_jobs.table.layout.DataFolder`) and the trainer's
 (`trainer.model_dir.ModelDir`). Imports neither TensorFlow nor Beam.
 """
 import dataclasses
@@ -10,9 +10,9 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from beam_jobs.dataset_layout import DataFolder, manifest_path
-from beam_jobs.manifest import DatasetManifest
 from beam_jobs.modalities import MODALITIES
+from beam_jobs.table.layout import DataFolder, manifest_path
+from beam_jobs.table.manifest import DatasetManifest
 from trainer.model_dir import ModelDir
 
 # The environment variables through which app.serve hands its paths to the notebook's kernel.
@@ -23,7 +23,7 @@ ENV_DATA_DIR = "SOUNDSIGHT_DATA_DIR"
 @dataclasses.dataclass(frozen=True)
 class AppPaths:
     models_dir: Path  # holds a model folder per modality: MODELS/<modality>
-    data_dir: Path  # DATA: holds raw/ and tfrecords/ (beam_jobs.dataset_layout.DataFolder)
+    data_dir: Path  # DATA: holds raw/ and tfrecords/ (beam_jobs.table.layout.DataFolder)
 
     def model_dir(self, modality: str) -> Path:
         return self.models_dir / modality

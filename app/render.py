@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from app.artifacts import Missing
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.table.manifest import DatasetManifest
 
 _BAR_COLORS = {"right": "#2e7d32", "wrong": "#c62828", "unknown": "#1565c0"}
 

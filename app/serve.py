@@ -31,8 +31,8 @@ from voila.app import Voila
 
 from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
 from app.kernel_manager import DEFAULT_MAX_KERNELS, CappedKernelManager
-from beam_jobs.manifest import DatasetManifest
 from beam_jobs.modalities import MODALITIES
+from beam_jobs.table.manifest import DatasetManifest
 from trainer.model_dir import ModelDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

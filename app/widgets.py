@@ -15,11 +15,11 @@ import PIL.Image
 
 from app import render
 from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
-from beam_jobs.errors import InvalidInputError
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.modalities import get as get_modality
-from beam_jobs.modality import Modality
-from beam_jobs.raw_files import Sample, list_test_samples
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.modalities.spec import Modality
+from beam_jobs.table.raw_files import Sample, list_test_samples
 from trainer import plots
 from trainer.predict import Predictor
 

@@ -4,16 +4,16 @@
         --output_dir data/tfrecords [--full | --compact] [--keep_snapshots 5]
 
 A run lists the inputs, compares them with the current snapshot
-(`beam_jobs.plan`), featurizes only new and changed files into a new span (the
-pipeline, `beam_jobs.pipeline`), and commits a new snapshot that lists the
-untouched spans and the new one (`beam_jobs.snapshots`). Unchanged input and
+(`beam_jobs.pipeline.plan`), featurizes only new and changed files into a new span (the
+pipeline, `beam_jobs.pipeline.recipe`), and commits a new snapshot that lists the
+untouched spans and the new one (`beam_jobs.table.snapshots`). Unchanged input and
 config: nothing is committed, and the run costs about the listing. Readers of
 the current snapshot are never affected: committed files are never modified.
 
-Owns the command: flags to Settings (`beam_jobs.settings`), the pipeline
-(`beam_jobs.pipeline`) on the default runner (`beam_jobs.runners`) unless
+Owns the command: flags to Settings (`beam_jobs.pipeline.settings`), the pipeline
+(`beam_jobs.pipeline.recipe`) on the default runner (`beam_jobs.runners.default`) unless
 --runner names another, a live progress line, and the summary
-(`beam_jobs.summary`). Writes the layout of `beam_jobs.dataset_layout`. Flags
+(`beam_jobs.pipeline.summary`). Writes the layout of `beam_jobs.table.layout`. Flags
 this module does not know are Beam pipeline options: the same command runs on
 Dataflow with --runner=DataflowRunner and gs:// roots and output. Exits 1 when a
 modality got no example at all, or when another run committed first.
@@ -22,28 +22,29 @@ import dataclasses
 import datetime
 import sys
 
-from beam_jobs import console
+from beam_jobs.console import logs
 
-console.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console
+logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions  # noqa: E402
 
-from beam_jobs import ingest, snapshots, watch  # noqa: E402
-from beam_jobs.dataset_layout import errors_path, run_temp_dir  # noqa: E402
-from beam_jobs.failpoints import pause_if_asked  # noqa: E402
-from beam_jobs.pipeline import SpanJob, build_pipeline, write_span_in_process  # noqa: E402
-from beam_jobs.progress import ProgressLine, write_matched_count  # noqa: E402
-from beam_jobs.runners import runner_for, runs_in_process, with_default_runner  # noqa: E402
-from beam_jobs.runs import clean_debris, new_run_id, release_lease, take_lease, write_lease  # noqa: E402
-from beam_jobs.settings import Settings, parse_settings  # noqa: E402
-from beam_jobs.summary import PreprocessSummary, format_summary  # noqa: E402
+from beam_jobs.console.progress import ProgressLine, write_matched_count  # noqa: E402
+from beam_jobs.pipeline import ingest, watch  # noqa: E402
+from beam_jobs.pipeline.recipe import SpanJob, build_pipeline, write_span_in_process  # noqa: E402
+from beam_jobs.pipeline.settings import Settings, parse_settings  # noqa: E402
+from beam_jobs.pipeline.summary import PreprocessSummary, format_summary  # noqa: E402
+from beam_jobs.runners.default import runner_for, runs_in_process, with_default_runner  # noqa: E402
+from beam_jobs.table import snapshots  # noqa: E402
+from beam_jobs.table.failpoints import pause_if_asked  # noqa: E402
+from beam_jobs.table.layout import errors_path, run_temp_dir  # noqa: E402
+from beam_jobs.table.runs import clean_debris, new_run_id, release_lease, take_lease, write_lease  # noqa: E402
 
 
 def run(argv=None, save_main_session=True, *, progress_stream=None) -> PreprocessSummary:
     """Plans, runs the pipeline where there is work, commits a snapshot per modality, prints the summary.
 
-    With --watch, runs `beam_jobs.watch` until a signal stops it, and returns its WatchSummary.
+    With --watch, runs `beam_jobs.pipeline.watch` until a signal stops it, and returns its WatchSummary.
 
     With a `progress_stream` (a terminal or log), a progress line is shown on it while the pipeline runs.
     """
@@ -103,9 +104,9 @@ def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOp
 
 
 def main(argv=None) -> int:
-    verbose = console.wants_verbose(sys.argv[1:] if argv is None else argv)
-    with console.worker_output_filtered(verbose=verbose) as stderr:
-        console.configure_logging(verbose=verbose, stream=stderr)
+    verbose = logs.wants_verbose(sys.argv[1:] if argv is None else argv)
+    with logs.worker_output_filtered(verbose=verbose) as stderr:
+        logs.configure_logging(verbose=verbose, stream=stderr)
         try:
             summary = run(argv, progress_stream=stderr)
         except watch.WatchError as error:

@@ -9,16 +9,16 @@ its manifest says, 1 otherwise. Local paths and URLs alike.
 import argparse
 import sys
 
-from beam_jobs import console
+from beam_jobs.console import logs
 
-console.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console
+logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
 
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from beam_jobs.integrity import scan_shard  # noqa: E402
-from beam_jobs.manifest import DatasetManifest, ShardInfo  # noqa: E402
-from beam_jobs.snapshots import load  # noqa: E402
-from beam_jobs.storage import PIPELINE_OPTIONS_HELP, use_pipeline_options  # noqa: E402
+from beam_jobs.storage.files import PIPELINE_OPTIONS_HELP, use_pipeline_options  # noqa: E402
+from beam_jobs.table.integrity import scan_shard  # noqa: E402
+from beam_jobs.table.manifest import DatasetManifest, ShardInfo  # noqa: E402
+from beam_jobs.table.snapshots import load  # noqa: E402
 
 
 def shard_problems(path: str, shard: ShardInfo, *, compression: str | None) -> list[str]:

@@ -1,13 +1,13 @@
 """The engines bench.preprocess compares, each turning a folder-per-class tree into TFRecord files.
 
-  loop            the pipeline's per-file work (beam_jobs.records.encode_input_file: read, featurize,
+  loop            the pipeline's per-file work (beam_jobs.records.from_file.encode_input_file: read, featurize,
                   hash, encode; an error row for a bad file) in one plain loop, writing TFRecords with
                   Beam's framing: the floor, one core
   pool 2          the same per-file work in a multiprocessing.Pool(2), each task writing its own
                   shards: the practical ceiling on two cores
   beam in_memory  beam_jobs.preprocess on --runner=FnApiRunner, one process
   beam 2 workers  the same with --direct_running_mode=multi_processing --direct_num_workers=2: its workers
-                  forked from a zygote that has imported Beam (beam_jobs.forked_workers)
+                  forked from a zygote that has imported Beam (beam_jobs.runners.forked_workers)
   beam 2 spawned  the same with SOUNDSIGHT_FORK_WORKERS=0: each worker a new Python, as Beam starts them
   prism           the same on --runner=PrismRunner: Prism in a process of its own, the SDK worker in
                   the launching process (LOOPBACK)
@@ -30,17 +30,17 @@ from pathlib import Path
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from beam_jobs import preprocess
-from beam_jobs.config import SplitConfig
-from beam_jobs.errors import InvalidInputError
-from beam_jobs.forked_workers import FORK_WORKERS_VARIABLE
-from beam_jobs.input_files import read_at_most
-from beam_jobs.input_tree import class_folder
-from beam_jobs.labels import index_labels
+from beam_jobs.inputs.labels import index_labels
+from beam_jobs.inputs.reading import read_at_most
+from beam_jobs.inputs.splits import SPLITS
+from beam_jobs.inputs.tree import class_folder
 from beam_jobs.modalities import MODALITIES
-from beam_jobs.plan import ListedFile, list_input_files
-from beam_jobs.records import encode_input_file
-from beam_jobs.runners import find_prism
-from beam_jobs.splits import SPLITS
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.pipeline.plan import ListedFile, list_input_files
+from beam_jobs.records.from_file import encode_input_file
+from beam_jobs.runners.default import find_prism
+from beam_jobs.runners.forked_workers import FORK_WORKERS_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_PROCESSES = 2

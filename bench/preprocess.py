@@ -41,10 +41,10 @@ from PIL import Image
 from scipy.io import wavfile
 
 from bench.engines import ENGINE_ENVIRONMENT, ENGINES, REPO, RUNNER_FLAGS, run_engine, services
-from beam_jobs.input_tree import classify
+from beam_jobs.inputs.splits import LIST_FILES
+from beam_jobs.inputs.tree import classify
 from beam_jobs.modalities import MODALITIES
-from beam_jobs.raw_files import read_listed_splits
-from beam_jobs.splits import LIST_FILES
+from beam_jobs.table.raw_files import read_listed_splits
 
 LISTED_EVERY = 10  # a corpus without split lists gets every tenth file in its testing_list.txt
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

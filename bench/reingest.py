@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from beam_jobs import snapshots
-from beam_jobs.dataset_layout import DataFolder, dataset_dir
 from beam_jobs.modalities import MODALITIES
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import DataFolder, dataset_dir
 from bench.preprocess import FILE_MAKERS, REPO, RUNNERS, TWO_WORKERS, PeakMemory, children_cpu_seconds, list_inputs
 
 NEW_FRACTION = 0.05  # the share of the corpus the third run adds

@@ -34,8 +34,8 @@ import time
 import keras
 import tensorflow as tf
 
-from beam_jobs.dataset_layout import SPANS_FOLDER, dataset_dir, manifest_path, shard_name, snapshot_path, span_dir
-from beam_jobs.manifest import DatasetManifest, SplitInfo
+from beam_jobs.table.layout import SPANS_FOLDER, dataset_dir, manifest_path, shard_name, snapshot_path, span_dir
+from beam_jobs.table.manifest import DatasetManifest, SplitInfo
 from bench.input_pipeline import epochs_in_turn, in_memory
 from trainer.config import JIT_COMPILE, TrainConfig
 from trainer.data import load_manifest, make_dataset, shuffle_buffer_size
@@ -133,7 +133,7 @@ def write_repeated_train_copy(manifest: DatasetManifest, *, data_dir: str, dest:
                                   shards=shards)
     repeated = dataclasses.replace(manifest, splits=splits, snapshot_id=1, parent_snapshot=None, spans=[span],
                                    changes={}, run_id=None)
-    # The snapshot first, then the pointer readers resolve, as beam_jobs.snapshots commits.
+    # The snapshot first, then the pointer readers resolve, as beam_jobs.table.snapshots commits.
     for path in (snapshot_path(dest, 1), manifest_path(dest)):
         with open(path, "w") as manifest_file:
             manifest_file.write(repeated.to_json())

@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from beam_jobs import snapshots
-from beam_jobs.dataset_layout import SPAN_FILES_NAME
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import SPAN_FILES_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MARGIN_S = 5.0

@@ -46,7 +46,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$requirements_hash" ]; then
 fi
 
 # Prism, Beam's portable runner, for the installed Beam: built from the Go module proxy when Go is here,
-# so that no --runner=PrismRunner run downloads it (beam_jobs/runners.py finds it beside the venv's
+# so that no --runner=PrismRunner run downloads it (beam_jobs/runners/default.py finds it beside the venv's
 # Python). Without Go, Beam downloads its own on the first Prism run, where the internet is reachable.
 beam_version="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("apache-beam"))')"
 if [ "$(cat "$venv/bin/prism.version" 2>/dev/null)" != "$beam_version" ]; then

@@ -1,13 +1,13 @@
 """Every trainer default in one place, one line and one reason each.
 
 The command-line flags of `trainer.train` are generated from `TrainConfig` by
-`beam_jobs.config`, as the pipeline's are from its configs, so a default is
+`beam_jobs.modalities.config`, as the pipeline's are from its configs, so a default is
 written exactly once. Featurization settings are not here: they belong to the
 dataset and are read from its manifest.
 """
 import dataclasses
 
-from beam_jobs.config import option, require
+from beam_jobs.modalities.config import option, require
 
 MODELS = ("seed", "wide")
 SCHEDULES = ("cosine", "constant")

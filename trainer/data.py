@@ -1,6 +1,6 @@
 """tf.data input pipeline: the Beam pipeline's TFRecord shards to (tensor, one-hot label) batches.
 
-The `tf.io.parse_example` spec is built from `beam_jobs.features.FEATURES`, the
+The `tf.io.parse_example` spec is built from `beam_jobs.records.features.FEATURES`, the
 schema the pipeline encoded with, so reader and writer cannot drift apart.
 Files are read with `tf.io.gfile` / `TFRecordDataset`, so `gs://` paths work;
 `s3://` needs an S3 file system, which TensorFlow 2.x no longer has built in
@@ -17,9 +17,9 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.dataset_layout import tombstone_path
-from beam_jobs.features import FEATURES
-from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError, removed_message, resolve_manifest
+from beam_jobs.records.features import FEATURES
+from beam_jobs.table.layout import tombstone_path
+from beam_jobs.table.manifest import DatasetManifest, SnapshotRemovedError, removed_message, resolve_manifest
 from trainer.sharding import epoch_ranges
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.splits import SPLITS
+from beam_jobs.inputs.splits import SPLITS
 from trainer import plots
 from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards
 from trainer.model_dir import ModelDir, describe_snapshots
@@ -108,7 +108,7 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
 def _check_compatible(*, model_manifest, data_manifest, data_dir: str) -> list[str]:
     """The data's labels the model does not know; ValueError when the data cannot be fed to the model.
 
-    A dataset's vocabulary only grows (beam_jobs.labels), so a model trained on it before reads
+    A dataset's vocabulary only grows (beam_jobs.inputs.labels), so a model trained on it before reads
     every label it knows at the same index: the two vocabularies must agree on their common part.
     Warns when the featurization differs.
     """

@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from beam_jobs.modalities import get as get_modality
-from beam_jobs.modality import ModelInput
+from beam_jobs.modalities.spec import ModelInput
 
 # ModelInput.normalization -> the layer that maps the stored tensor to what the convolutions see.
 NORMALIZATIONS = {

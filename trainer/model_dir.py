@@ -20,7 +20,7 @@ Paths are strings joined with "/", so gs:// model folders work.
 import dataclasses
 import os.path
 
-from beam_jobs.dataset_layout import MANIFEST_NAME
+from beam_jobs.table.layout import MANIFEST_NAME
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 
 def preview_png(panels: list, *, title: str | None = None, width: float = 7.5, colorbar: bool = True) -> bytes:
-    """PNG of a modality's preview panels (`beam_jobs.modality.PreviewPanel`), stacked, sharing the time axis.
+    """PNG of a modality's preview panels (`beam_jobs.modalities.spec.PreviewPanel`), stacked, sharing the time axis.
 
     A waveform is drawn as a line over its seconds, a heatmap as an image with
     time across and bins up, pixels as a grayscale or colour image.

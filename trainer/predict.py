@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.errors import InvalidInputError
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.table.manifest import DatasetManifest
 from trainer.model_dir import ModelDir
 
 

@@ -3,7 +3,7 @@
     python -m trainer.train --data_dir out/audio --model_dir models/audio [--snapshot 3] [--epochs 40 ...]
 
 Everything about the data (labels, tensor shape, counts, shards, featurization)
-comes from the manifest of one snapshot of the dataset (`beam_jobs.snapshots`),
+comes from the manifest of one snapshot of the dataset (`beam_jobs.table.snapshots`),
 resolved once, at start: the current one, or --snapshot ID. Writes the model
 folder of `trainer.model_dir`: the best model, its SavedModel export, that
 snapshot's manifest, the history, the run's settings (the snapshot among them),
@@ -26,9 +26,9 @@ import time
 import keras
 import tensorflow as tf
 
-from beam_jobs import config as config_lib
-from beam_jobs.config import ConfigError
-from beam_jobs.manifest import SnapshotNotFoundError, SnapshotRemovedError
+from beam_jobs.modalities import config as config_lib
+from beam_jobs.modalities.config import ConfigError
+from beam_jobs.table.manifest import SnapshotNotFoundError, SnapshotRemovedError
 from trainer import distribute
 from trainer.augment import make_augmentation
 from trainer.config import JIT_COMPILE, TrainConfig

@@ -9,7 +9,7 @@ ran with the same command is skipped, so a second run only redoes what changed.
 Once the data stages have run, the job pins the snapshot of each dataset that
 preprocessing committed and names it in every training and evaluation command
 (--snapshot ID), so that they read the same data whatever is committed meanwhile.
-Folders follow `beam_jobs.dataset_layout.DataFolder` and `trainer.model_dir`.
+Folders follow `beam_jobs.table.layout.DataFolder` and `trainer.model_dir`.
 """
 import argparse
 import dataclasses
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder, manifest_path
 from beam_jobs.datasets import SPEECH_COMMANDS_WORDS
-from beam_jobs.manifest import DatasetManifest, resolve_manifest
 from beam_jobs.modalities import MODALITIES
+from beam_jobs.table.layout import ERRORS_NAME, DataFolder, manifest_path
+from beam_jobs.table.manifest import DatasetManifest, resolve_manifest
 from trainer.model_dir import ModelDir, describe_snapshots
 
 

@@ -21,10 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from beam_jobs.dataset_layout import ERRORS_NAME, DataFolder  # noqa: E402
-from beam_jobs.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.modalities import MODALITIES  # noqa: E402
-from beam_jobs.raw_files import held_out_by_label  # noqa: E402
+from beam_jobs.table.layout import ERRORS_NAME, DataFolder  # noqa: E402
+from beam_jobs.table.manifest import DatasetManifest  # noqa: E402
+from beam_jobs.table.raw_files import held_out_by_label  # noqa: E402
 from trainer import plots  # noqa: E402
 from trainer.model_dir import ModelDir, describe_snapshots  # noqa: E402
 from trainer.predict import Predictor  # noqa: E402

@@ -10,9 +10,9 @@ import pytest
 from playwright.sync_api import Page, expect
 from scipy.io import wavfile
 
-from beam_jobs.errors import InvalidInputError
-from beam_jobs.dataset_layout import MANIFEST_NAME
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.table.layout import MANIFEST_NAME
+from beam_jobs.table.manifest import DatasetManifest
 from harness import predict_with_cli, start_server, stop_server
 from tests.trainer.toy_data import SHAPES, TONE_HZ
 

@@ -6,9 +6,9 @@ import numpy as np
 
 from app import render
 from app.artifacts import AppPaths, find_missing_model, find_missing_test_files
-from beam_jobs.audio import AUDIO, AudioConfig
-from beam_jobs.config import SplitConfig
-from beam_jobs.manifest import DatasetManifest, SplitInfo
+from beam_jobs.modalities.audio import AUDIO, AudioConfig
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.table.manifest import DatasetManifest, SplitInfo
 from tests.trainer.toy_data import tone_wav
 from trainer import plots
 

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from app.widgets import ClassifierPanel
-from beam_jobs.image import IMAGE, ImageConfig, featurize_image
-from beam_jobs.raw_files import Sample
+from beam_jobs.modalities.image import IMAGE, ImageConfig, featurize_image
+from beam_jobs.table.raw_files import Sample
 
 
 class FakeImagePredictor:

@@ -1,14 +1,14 @@
-"""beam_jobs.raw_files finds the raw files of the held-out test split exactly as the pipeline assigns them."""
+"""beam_jobs.table.raw_files finds the raw files of the held-out test split exactly as the pipeline assigns them."""
 import collections
 import dataclasses
 
 import pytest
 
-from beam_jobs.raw_files import list_split_samples, list_test_samples, read_listed_splits
-from beam_jobs.config import SplitConfig
-from beam_jobs.dataset_layout import MANIFEST_NAME
-from beam_jobs.manifest import DatasetManifest
-from beam_jobs.splits import SplitRule
+from beam_jobs.inputs.splits import SplitRule
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.table.layout import MANIFEST_NAME
+from beam_jobs.table.manifest import DatasetManifest
+from beam_jobs.table.raw_files import list_split_samples, list_test_samples, read_listed_splits
 
 WAV_EXTENSIONS = (".wav",)
 

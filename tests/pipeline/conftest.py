@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.io import wavfile
 
-# Explicit runner variants for the tests that compare them; the default lives in beam_jobs.runners.
+# Explicit runner variants for the tests that compare them; the default lives in beam_jobs.runners.default.
 IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 # Worker processes even for the tests' small trees, which the launcher would otherwise run in-process.
 MULTI_PROCESSING = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
@@ -134,7 +134,7 @@ def decode_example(serialized: bytes) -> dict:
 
 
 def tensor_from_bytes(data: bytes, *, dtype: str, shape) -> np.ndarray:
-    """The inverse of beam_jobs.features.tensor_to_bytes."""
+    """The inverse of beam_jobs.records.features.tensor_to_bytes."""
     return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
 

@@ -3,8 +3,9 @@ import pathlib
 
 import tensorflow as tf
 
-from beam_jobs import snapshots, verify
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs import verify
+from beam_jobs.table import snapshots
+from beam_jobs.table.manifest import DatasetManifest
 
 
 def current(dataset: pathlib.Path) -> DatasetManifest:

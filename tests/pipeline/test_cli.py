@@ -88,8 +88,8 @@ def test_a_root_of_another_modality_fails_loudly(tmp_path, make_image, runner_fl
 
 
 def test_beam_jobs_never_imports_tensorflow_and_shares_a_process_with_it():
-    script = ("import sys; import beam_jobs.preprocess, beam_jobs.raw_files, app.artifacts; "
+    script = ("import sys; import beam_jobs.preprocess, beam_jobs.table.raw_files, app.artifacts; "
               "assert 'tensorflow' not in sys.modules and 'tfrecord' not in sys.modules, 'imported'; "
-              "import tensorflow, beam_jobs.examples; print('ok')")
+              "import tensorflow, beam_jobs.records.examples; print('ok')")
     completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0 and completed.stdout.strip() == "ok", completed.stderr[-2000:]

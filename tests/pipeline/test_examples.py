@@ -1,10 +1,10 @@
-"""beam_jobs.examples writes, by hand, exactly the bytes TensorFlow's own tf.train.Example serializes."""
+"""beam_jobs.records.examples writes, by hand, exactly the bytes TensorFlow's own tf.train.Example serializes."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.examples import encode_example
-from beam_jobs.features import FEATURES
+from beam_jobs.records.examples import encode_example
+from beam_jobs.records.features import FEATURES
 
 CASES = [
     dict(tensor=np.arange(12, dtype=np.float32).reshape(3, 4) / 7, label=2, label_name="yes", modality="audio",

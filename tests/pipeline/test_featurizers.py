@@ -4,13 +4,13 @@ import pytest
 from PIL import Image
 from scipy import signal
 
-from beam_jobs import audio, image
-from beam_jobs.audio import AudioConfig
-from beam_jobs.config import SplitConfig
-from beam_jobs.errors import InvalidInputError
-from beam_jobs.examples import encode_example
-from beam_jobs.image import ImageConfig
-from beam_jobs.splits import SPLITS, SplitRule
+from beam_jobs.inputs.splits import SPLITS, SplitRule
+from beam_jobs.modalities import audio, image
+from beam_jobs.modalities.audio import AudioConfig
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.modalities.image import ImageConfig
+from beam_jobs.records.examples import encode_example
 
 LINEAR = AudioConfig(num_mel_bins=0)  # linear bins make the expected peak bin a plain division
 TONE_HZ = 1000.0

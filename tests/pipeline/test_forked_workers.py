@@ -1,4 +1,4 @@
-"""FnApiRunner's SDK workers forked from the zygote of beam_jobs.forked_workers: real runs, real processes.
+"""FnApiRunner's SDK workers forked from the zygote of beam_jobs.runners.forked_workers: real runs, real processes.
 
 The dataset they write is compared with the other runners' in test_preprocess.py.
 """
@@ -10,8 +10,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.forked_workers import ForkedWorkersFnApiRunner, WorkerZygote
-from beam_jobs.runners import runner_for
+from beam_jobs.runners.default import runner_for
+from beam_jobs.runners.forked_workers import ForkedWorkersFnApiRunner, WorkerZygote
 
 TWO_WORKERS = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
@@ -61,7 +61,8 @@ def test_two_workers_are_forked_by_one_zygote_which_stops_with_the_run(tmp_path)
     assert workers and os.getpid() not in workers
     [zygote] = {worker["parent"] for worker in workers.values()}
     for worker in workers.values():  # a forked process keeps its parent's command line
-        assert worker["parent_command"] == worker["command"] and " -m beam_jobs.forked_workers " in worker["command"]
+        assert worker["parent_command"] == worker["command"]
+        assert " -m beam_jobs.runners.forked_workers " in worker["command"]
     assert not any(alive(pid) for pid in [zygote, *workers]), "the zygote and its workers outlived the run"
 
 
@@ -111,7 +112,7 @@ def test_a_zygote_that_cannot_import_its_modules_fails_the_run_at_once_not_later
 
 
 def test_the_variable_named_in_the_docs_turns_forking_off(monkeypatch):
-    from beam_jobs import forked_workers
+    from beam_jobs.runners import forked_workers
     monkeypatch.setenv("SOUNDSIGHT_FORK_WORKERS", "0")
     assert not forked_workers.forked_workers_available()
     monkeypatch.setenv("SOUNDSIGHT_FORK_WORKERS", "1")

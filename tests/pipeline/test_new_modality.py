@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from beam_jobs import preprocess
-from beam_jobs.config import option, require
-from beam_jobs.errors import InvalidInputError
 from beam_jobs.modalities import MODALITIES
-from beam_jobs.modality import Modality, ModelInput, PreviewPanel
+from beam_jobs.modalities.config import option, require
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.modalities.spec import Modality, ModelInput, PreviewPanel
 
 LABELS = ("falling", "rising")  # sorted, as the vocabulary indexes the class folders
 

@@ -24,10 +24,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from beam_jobs import preprocess, snapshots, storage, verify
-from beam_jobs.dataset_layout import SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME
-from beam_jobs.manifest import DatasetManifest
-from beam_jobs.summary import PreprocessSummary
+from beam_jobs import preprocess, verify
+from beam_jobs import snapshots as snapshots_command
+from beam_jobs.pipeline.summary import PreprocessSummary
+from beam_jobs.storage.files import AlreadyExistsError, create_exclusive
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME
+from beam_jobs.table.manifest import DatasetManifest
 
 BUCKET = "soundsight-test"
 REGION = "us-east-1"
@@ -242,9 +245,9 @@ def test_a_second_run_commits_snapshot_2_in_the_bucket_copying_unchanged_records
 def test_create_exclusive_on_s3_creates_once_and_then_refuses_leaving_the_first_object(store):
     path = f"s3://{BUCKET}/exclusive/commit.json"
     with pointed_at(store):
-        storage.create_exclusive(path, b"first")
-        with pytest.raises(storage.AlreadyExistsError):
-            storage.create_exclusive(path, b"second")
+        create_exclusive(path, b"first")
+        with pytest.raises(AlreadyExistsError):
+            create_exclusive(path, b"second")
     assert store.files(f"s3://{BUCKET}/exclusive") == {"commit.json": b"first"}
 
 
@@ -265,5 +268,5 @@ def test_of_two_commits_on_one_base_in_the_bucket_the_second_gets_a_conflict_and
         assert snapshots.load(dataset) == winner
         assert snapshots.load(dataset, 2) == winner
     capsys.readouterr()
-    assert snapshots.main([dataset, *store.flags]) == 0
+    assert snapshots_command.main([dataset, *store.flags]) == 0
     assert [line[:6] for line in capsys.readouterr().out.splitlines()] == ["     1", "*    2"], "the listing's *"

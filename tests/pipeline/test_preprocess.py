@@ -19,17 +19,17 @@ import tensorflow as tf
 from PIL import Image
 
 from beam_jobs import preprocess
-from beam_jobs.config import SplitConfig
-from beam_jobs.dataset_layout import (MANIFEST_NAME, SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME,
-                                      TFDS_FEATURES_NAME, TFDS_INFO_NAME, TFDS_LABELS_NAME)
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.table.layout import (MANIFEST_NAME, SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME,
+                                    TFDS_FEATURES_NAME, TFDS_INFO_NAME, TFDS_LABELS_NAME)
 
 TFDS_METADATA = {TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}
 SPAN_METADATA = {SPAN_MANIFEST_NAME, SPAN_FILES_NAME, SPAN_ERRORS_NAME}  # beside a span's shards, with TFDS'
 DATASET_FOLDER = {MANIFEST_NAME, "snapshots", "spans"}
-from beam_jobs.features import FEATURES
-from beam_jobs.manifest import DatasetManifest
-from beam_jobs.runners import find_prism
-from beam_jobs.splits import SPLITS, SplitRule
+from beam_jobs.inputs.splits import SPLITS, SplitRule
+from beam_jobs.records.features import FEATURES
+from beam_jobs.runners.default import find_prism
+from beam_jobs.table.manifest import DatasetManifest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BAD_FILES = {  # relative to the tree: the reason each must give

@@ -2,7 +2,7 @@
 
 Every run is the real pipeline: in this process (`preprocess.run`) or as
 `python -m beam_jobs.preprocess` in a process group of its own, which the
-crash tests hold at a failpoint (`beam_jobs.failpoints`) and kill -9 there.
+crash tests hold at a failpoint (`beam_jobs.table.failpoints`) and kill -9 there.
 """
 import dataclasses
 import json
@@ -17,9 +17,10 @@ import time
 import pytest
 from PIL import Image
 
-from beam_jobs import preprocess, snapshots, verify
-from beam_jobs.dataset_layout import SPAN_ERRORS_NAME, SPAN_FILES_NAME
-from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError
+from beam_jobs import preprocess, verify
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import SPAN_ERRORS_NAME, SPAN_FILES_NAME
+from beam_jobs.table.manifest import DatasetManifest, SnapshotRemovedError
 from dataset_checks import (assert_no_debris, assert_verifies, current, record_paths, records,  # noqa: I100
                             span_folders)
 

@@ -16,22 +16,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
-from beam_jobs.assign import group_by_part, part_of
-from beam_jobs.audio import AUDIO, AudioConfig
-from beam_jobs.config import SplitConfig
-from beam_jobs.error_rows import write_error_rows
-from beam_jobs.examples import encode_example
-from beam_jobs.featurize import FeaturizePart, SplitOutputs
-from beam_jobs.image import IMAGE, ImageConfig
-from beam_jobs.input_files import read_at_most, read_text_if_present
-from beam_jobs.input_tree import class_folder, classify, join_root, read_split_lists, relative_to_root
-from beam_jobs.labels import extend_labels, index_labels
-from beam_jobs.plan import list_input_files
-from beam_jobs.records import ErrorRow
-from beam_jobs.runners import runs_in_process
-from beam_jobs.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
-                                read_shard_rows, record_bytes, shard_index)
-from beam_jobs.splits import SplitRule
+from beam_jobs.inputs.labels import extend_labels, index_labels
+from beam_jobs.inputs.reading import read_at_most, read_text_if_present
+from beam_jobs.inputs.splits import SplitRule
+from beam_jobs.inputs.tree import class_folder, classify, join_root, read_split_lists, relative_to_root
+from beam_jobs.modalities.audio import AUDIO, AudioConfig
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.modalities.image import IMAGE, ImageConfig
+from beam_jobs.pipeline.assign import group_by_part, part_of
+from beam_jobs.pipeline.featurize import FeaturizePart, SplitOutputs
+from beam_jobs.pipeline.plan import list_input_files
+from beam_jobs.pipeline.sharding import (PartWriter, ShardPart, WriteShards, num_parts_for, num_shards_for, part_index,
+                                         read_shard_rows, record_bytes, shard_index)
+from beam_jobs.records.error_rows import write_error_rows
+from beam_jobs.records.examples import encode_example
+from beam_jobs.records.from_file import ErrorRow
+from beam_jobs.runners.default import runs_in_process
 
 AUDIO_EXTENSIONS = AUDIO.extensions
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from beam_jobs import preprocess, verify
-from beam_jobs.manifest import DatasetManifest
+from beam_jobs.table.manifest import DatasetManifest
 
 
 @pytest.fixture(scope="module", params=["none", "gzip"])

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from beam_jobs import preprocess
-from beam_jobs.manifest import DatasetManifest
-from beam_jobs.plan import ListedFile
-from beam_jobs.watch import stable_files, versions_seen
+from beam_jobs.pipeline.plan import ListedFile
+from beam_jobs.pipeline.watch import stable_files, versions_seen
+from beam_jobs.table.manifest import DatasetManifest
 from dataset_checks import assert_no_debris, assert_verifies, current, records  # noqa: I100
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from beam_jobs.dataset_layout import TFDS_INFO_NAME, span_dir
+from beam_jobs.table.layout import TFDS_INFO_NAME, span_dir
 from trainer.data import load_manifest, make_dataset
 
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.examples import encode_example
-from beam_jobs.features import FEATURES
+from beam_jobs.records.examples import encode_example
+from beam_jobs.records.features import FEATURES
 from trainer.data import load_manifest, make_dataset, make_decode, make_parse, parse_spec
 
 
 @pytest.fixture(scope="module")
 def encoded() -> list[bytes]:
-    """Two Examples serialized by beam_jobs.examples.encode_example (an audio and an image one)."""
+    """Two Examples serialized by beam_jobs.records.examples.encode_example (an audio and an image one)."""
     audio = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5
     audio[0, 0] = -1e-30
     image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3) * 10

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_jobs.config import ConfigError
-from beam_jobs.dataset_layout import snapshot_path
-from beam_jobs.errors import InvalidInputError
+from beam_jobs.modalities.config import ConfigError
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.table.layout import snapshot_path
 from toy_data import TOY_CONFIG, kill_training_after, run_python
 from trainer import evaluate, predict
 from trainer.config import TrainConfig

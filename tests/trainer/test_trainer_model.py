@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from beam_jobs import config as flags_lib
-from beam_jobs.config import ConfigError
+from beam_jobs.modalities import config as flags_lib
+from beam_jobs.modalities.config import ConfigError
 from trainer.config import TrainConfig
 from trainer.model import build_model
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.dataset_layout import snapshot_path
-from beam_jobs.manifest import DatasetManifest, SnapshotRemovedError
-from beam_jobs.splits import SPLITS
+from beam_jobs.inputs.splits import SPLITS
+from beam_jobs.table.layout import snapshot_path
+from beam_jobs.table.manifest import DatasetManifest, SnapshotRemovedError
 from toy_data import TONE_HZ, kill_training_after, run_python, tone_wav, write_tone_corpus
 from trainer import evaluate
 from trainer.config import TrainConfig

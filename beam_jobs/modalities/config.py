@@ -1,0 +1,79 @@
+"""Settings as frozen dataclasses whose fields declare their own command-line flags.
+
+Owns the one way configuration reaches code: a config dataclass lists its
+fields with `option(default, help, flag=...)`, `add_flags` turns them into
+argparse flags, `from_flags` builds and validates the config, and a bad value
+raises `ConfigError` carrying the offending fields, which `flag_error` turns
+into a message that names the flags. `beam_jobs.preprocess` and
+`trainer.train` both use it. `SplitConfig` lives here as the one setting shared
+by the pipeline, the app and the report; each modality's featurization config
+lives beside its featurizer (`beam_jobs.modalities.audio`, `beam_jobs.modalities.image`).
+"""
+import argparse
+import dataclasses
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; `fields` names the dataclass fields at fault (may be empty)."""
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = fields
+
+
+def option(default, help_text: str, *, flag: str | None = None):
+    """A dataclass field with its flag's help text; `flag` overrides the flag name (default: the field name)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "flag": flag})
+
+
+def require(ok: bool, fields: str | tuple[str, ...], value: Any, expectation: str) -> None:
+    """Raises ConfigError("name=value is invalid: it must be EXPECTATION") unless `ok`."""
+    if not ok:
+        fields = (fields,) if isinstance(fields, str) else fields
+        raise ConfigError(f"{' + '.join(fields)}={value!r} is invalid: it must be {expectation}", fields=fields)
+
+
+def flag_name(config_class, field_name: str) -> str:
+    """The command-line flag (without dashes) of a field of `config_class`."""
+    field = next(field for field in dataclasses.fields(config_class) if field.name == field_name)
+    return field.metadata.get("flag") or field.name
+
+
+def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One --flag per field of `config_class`, with the field's default and help; bools get --no-flag too."""
+    for field in dataclasses.fields(config_class):
+        help_text = f"{field.metadata['help']} (default: {field.default})"
+        name = f"--{flag_name(config_class, field.name)}"
+        if field.type is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        else:
+            parser.add_argument(name, type=field.type, default=field.default, help=help_text)
+
+
+def from_flags(config_class, args: argparse.Namespace):
+    """The validated `config_class` from parsed flags; raises ConfigError."""
+    values = {field.name: getattr(args, flag_name(config_class, field.name))
+              for field in dataclasses.fields(config_class)}
+    return config_class(**values).validate()
+
+
+def flag_error(config_class, error: ConfigError) -> str:
+    """The error's message prefixed with the flags of its fields, e.g. "--window_ms: window_ms=0.5 is ..."."""
+    if not error.fields:
+        return str(error)
+    flags = " + ".join(f"--{flag_name(config_class, name)}" for name in error.fields)
+    return f"{flags}: {error}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    validation_percent: float = option(10.0, "share of files hashed into validation")
+    test_percent: float = option(10.0, "share of files hashed into test")
+
+    def validate(self) -> "SplitConfig":
+        require(0 <= self.validation_percent < 100, "validation_percent", self.validation_percent, "in [0, 100)")
+        require(0 <= self.test_percent < 100, "test_percent", self.test_percent, "in [0, 100)")
+        require(self.validation_percent + self.test_percent < 100, ("validation_percent", "test_percent"),
+                self.validation_percent + self.test_percent, "< 100 so that training keeps some files")
+        return self

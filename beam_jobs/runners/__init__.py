@@ -1,0 +1,1 @@
+"""Beam runner plumbing: the one default runner, the Prism binary, FnApiRunner's forked worker processes."""

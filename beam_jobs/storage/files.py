@@ -1,0 +1,196 @@
+"""The few file operations the commit protocol needs beyond Beam's `FileSystems`: local paths, s3:// and gs://.
+
+  write_atomically  a whole file that readers see whole or not at all: the old file or the new one
+  create_exclusive  creates a file only if no file has that name, in one step: the commit of a snapshot
+  delete_tree       a folder and everything in it
+  list_names        the names in a folder
+  use_pipeline_options  hands Beam's FileSystems the pipeline options naming a store's endpoint and keys
+
+A local file is written under a temporary name unique to the writer, then
+renamed (POSIX rename replaces atomically), so two writers never share a
+temporary file. On object stores an object becomes visible only when its upload
+completes, so it is written in place: Beam's "rename" there is a copy and a
+delete, which would only add a window. On s3:// it is one PutObject, since
+Beam's multipart upload cannot store an empty object (S3 answers MalformedXML).
+Exclusive creation is a hard link locally (link fails when the name exists,
+and the linked file is already whole), a PutObject with `If-None-Match: *` on
+s3:// (S3 answers 412 PreconditionFailed while an object has that name) and an
+upload with `if_generation_match=0` on gs://. Other schemes have no exclusive
+create here. s3:// calls reach the endpoint with the keys of the pipeline
+options (--s3_endpoint_url, --s3_access_key_id, ...) that Beam's S3 file system
+uses, so the commit lands where the pipeline wrote.
+"""
+import fnmatch
+import functools
+import os
+import shutil
+import uuid
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+# The S3Options that Beam's S3 client is built from (apache_beam.io.aws.clients.s3.boto3_client).
+_S3_OPTION_NAMES = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token", "s3_endpoint_url",
+                    "s3_region_name", "s3_api_version", "s3_verify", "s3_disable_ssl")
+
+
+# The --help of a command that takes them (beam_jobs.table.snapshots, beam_jobs.verify).
+PIPELINE_OPTIONS_HELP = ("Flags this command does not know are Beam pipeline options: those of an object store, "
+                         "e.g. --s3_endpoint_url, --s3_access_key_id, --s3_secret_access_key, --s3_region_name "
+                         "for s3:// on an S3-compatible server.")
+
+
+class AlreadyExistsError(FileExistsError):
+    """create_exclusive found the name taken."""
+
+
+def use_pipeline_options(pipeline_args: list[str]) -> None:
+    """Hands Beam's FileSystems, in this process, the pipeline options `pipeline_args` (flags).
+
+    Without any, Beam cannot build its S3 file system at all ("Must provide one of client or options").
+    """
+    FileSystems.set_options(PipelineOptions(pipeline_args))
+
+
+def is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
+def unique_temp_name(path: str) -> str:
+    return f"{path}.tmp-{uuid.uuid4().hex}"
+
+
+def _write(path: str, data: bytes) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `data` to `path`, replacing any file there, so that readers never see half a file."""
+    scheme = FileSystems.get_scheme(path)
+    if scheme == "s3":
+        _put_s3(path, data)
+        return
+    if scheme == "gs":
+        _write(path, data)
+        return
+    temp_path = unique_temp_name(path)
+    _write(temp_path, data)
+    if scheme is None:
+        os.replace(temp_path, path)  # FileSystems.rename refuses to replace an existing file
+    else:
+        FileSystems.rename([temp_path], [path])
+
+
+def create_exclusive(path: str, data: bytes) -> None:
+    """Creates `path` holding `data`, whole, unless it exists: then AlreadyExistsError, and nothing changed."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp_path = unique_temp_name(path)
+        with open(temp_path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp_path, path)
+        except FileExistsError as error:
+            raise AlreadyExistsError(path) from error
+        finally:
+            os.remove(temp_path)
+        return
+    if FileSystems.get_scheme(path) == "s3":
+        _create_exclusive_s3(path, data)
+        return
+    if FileSystems.get_scheme(path) == "gs":
+        _create_exclusive_gcs(path, data)
+        return
+    raise NotImplementedError(f"{path}: committing a snapshot needs an exclusive create, which soundsight does "
+                              f"for local paths, s3:// and gs:// only")
+
+
+def open_for_reading(path: str):
+    """A binary read handle of the file at `path`, as `FileSystems.open` gives, uncompressed.
+
+    On s3:// through one S3 client per process: Beam 2.77's S3 file system builds a client for every
+    file it opens, which costs more than featurizing the file.
+    """
+    if FileSystems.get_scheme(path) == "s3":
+        from apache_beam.io.aws import s3io
+        return s3io.S3IO(client=_beam_s3_client(path)).open(path, "rb")
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _beam_s3_client(path: str):
+    """Beam's S3 client (a wrapper of boto3's), built from the options `FileSystems` hands its S3 file system."""
+    options = FileSystems.get_filesystem(path)._options or {}  # Beam exposes them no other way
+    if isinstance(options, PipelineOptions):
+        options = options.get_all_options()
+    return _cached_s3_client(tuple((name, options.get(name)) for name in _S3_OPTION_NAMES))
+
+
+def _s3_client(path: str):
+    """The boto3 S3 client, for what Beam's wrapper cannot do (conditional writes)."""
+    return _beam_s3_client(path).client
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_s3_client(settings: tuple):
+    # Kept: a client costs 0.1-0.4 CPU s to build (botocore parses its JSON service models anew), and
+    # every progress file and lease is a PutObject.
+    from apache_beam.io.aws.clients.s3 import boto3_client
+    return boto3_client.Client(options=dict(settings))
+
+
+def _put_s3(path: str, data: bytes, **conditions) -> None:
+    bucket, _, key = path[len("s3://"):].partition("/")
+    _s3_client(path).put_object(Bucket=bucket, Key=key, Body=data, **conditions)
+
+
+def _create_exclusive_s3(path: str, data: bytes) -> None:
+    from botocore.exceptions import ClientError
+    try:
+        _put_s3(path, data, IfNoneMatch="*")
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        raise AlreadyExistsError(path) from error
+
+
+def _create_exclusive_gcs(path: str, data: bytes) -> None:
+    """Not exercised by the tests, which have no Cloud Storage: the documented precondition, nothing more."""
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+    bucket_name, _, blob_name = path[len("gs://"):].partition("/")
+    blob = storage.Client().bucket(bucket_name).blob(blob_name)
+    try:
+        blob.upload_from_string(data, if_generation_match=0)
+    except PreconditionFailed as error:
+        raise AlreadyExistsError(path) from error
+
+
+def delete_tree(path: str) -> None:
+    """Deletes the folder `path` and all it holds; nothing when it does not exist."""
+    if is_local(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        return
+    files = [metadata.path for metadata in FileSystems.match([f"{path.rstrip('/')}/**"])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+
+
+def list_names(folder: str, pattern: str = "*") -> list[str]:
+    """The names (not paths) of the files and folders in `folder` matching `pattern`, sorted; [] when it
+    does not exist."""
+    if is_local(folder):
+        if not os.path.isdir(folder):
+            return []
+        return sorted(name for name in os.listdir(folder) if fnmatch.fnmatch(name, pattern))
+    prefix = f"{folder.rstrip('/')}/"
+    # An object store has no folders, only names with slashes: a folder is the first segment of the names
+    # of the objects under it, which `pattern` alone (no "/" in a "*") would never match.
+    names = {metadata.path[len(prefix):].split("/")[0]
+             for metadata in FileSystems.match([f"{prefix}{pattern}**"])[0].metadata_list}
+    return sorted(name for name in names if fnmatch.fnmatch(name, pattern))

@@ -1,0 +1,1 @@
+"""A dataset as a table of snapshots: its on-disk layout, manifests, commits, leases, integrity, TFDS metadata."""
