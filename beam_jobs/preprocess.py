@@ -97,7 +97,7 @@ def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOp
             for job in jobs:
                 write_span_in_process(job, settings=settings, created=created, progress_dir=progress_dir)
             return
-        with runner_for(options) as runner:
+        with runner_for(options, preloaded_modules=(build_pipeline.__module__,)) as runner:
             pipeline = beam.Pipeline(runner=runner, options=options)
             build_pipeline(pipeline, settings, jobs=jobs, created=created, progress_dir=progress_dir)
             pipeline.run().wait_until_finish()

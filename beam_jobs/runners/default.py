@@ -81,13 +81,14 @@ def with_streaming_runner(pipeline_args: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def runner_for(options: PipelineOptions):
+def runner_for(options: PipelineOptions, *, preloaded_modules: tuple[str, ...] = ()):
     """Yields the runner object for `options`, or None to let Beam make it from --runner.
 
     FnApiRunner gets the pipeline options handed to its worker processes, as Beam's DirectRunner does: by
     itself it starts them with none, and a worker then reads s3:// without --s3_endpoint_url and its keys.
-    Its multi_processing workers are forked from a zygote (`beam_jobs.runners.forked_workers`) that lives as long as
-    the block, where that is available.
+    Its multi_processing workers are forked from a zygote (`beam_jobs.runners.forked_workers`) that lives as
+    long as the block, where that is available, and imports `preloaded_modules` (the modules of the pipeline's
+    DoFns) before it forks any.
     """
     if options.view_as(StandardOptions).runner != "FnApiRunner":
         yield None
@@ -103,7 +104,7 @@ def runner_for(options: PipelineOptions):
             or not forked_workers.forked_workers_available()):
         yield fn_runner.FnApiRunner(provision_info=provision_info)
         return
-    with forked_workers.WorkerZygote() as zygote:
+    with forked_workers.WorkerZygote(preloaded_modules=preloaded_modules) as zygote:
         yield forked_workers.ForkedWorkersFnApiRunner(zygote=zygote, provision_info=provision_info)
 
 

@@ -44,10 +44,7 @@ from apache_beam.transforms import environments
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.runners import worker_client
 
-# What every worker needs before its first bundle, beside Beam's SDK harness (imported above): the pipeline's
-# DoFns, and what each modality's featurizer imports on its first file (Modality.worker_imports).
-PRELOADED_MODULES = ("beam_jobs.pipeline.recipe", "beam_jobs.modalities")
-_READY = b"ready\n"  # the zygote's one line on stdout once it has imported them
+_READY = b"ready\n"  # the zygote's one line on stdout once it has imported what it preloads
 # The environment variable that turns forking off (0), so that FnApiRunner starts each worker as a new Python.
 FORK_WORKERS_VARIABLE = "SOUNDSIGHT_FORK_WORKERS"
 _STOP_TIMEOUT_SECONDS = 10
@@ -63,7 +60,7 @@ class WorkerZygote:
     forks one SDK worker from it (the command of a SubprocessSDKEnvironment). Stops the zygote on exit;
     workers already forked run on until their runner lets them go."""
 
-    def __init__(self, *, preloaded_modules: tuple[str, ...] = PRELOADED_MODULES):
+    def __init__(self, *, preloaded_modules: tuple[str, ...] = ()):
         self.worker_command = None
         self._preloaded_modules = preloaded_modules
         self._folder = None
@@ -109,8 +106,9 @@ class WorkerZygote:
 
 
 def serve(listener: socket.socket, *, preloaded_modules: list[str]) -> None:
-    """The zygote: imports `preloaded_modules` and the modalities' worker imports, says it is ready, then forks
-    a worker per connection until its stdin ends."""
+    """The zygote: imports `preloaded_modules` (the modules of the pipeline's DoFns) and what each modality's
+    featurizer imports on its first file (Modality.worker_imports), which every worker needs before its first
+    bundle beside Beam's SDK harness; says it is ready, then forks a worker per connection until its stdin ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the launcher, which stops us
     for name in preloaded_modules:
         importlib.import_module(name)
