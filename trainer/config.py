@@ -6,6 +6,7 @@ written exactly once. Featurization settings are not here: they belong to the
 dataset and are read from its manifest.
 """
 import dataclasses
+from typing import ClassVar
 
 from beam_jobs.modalities.config import option, require
 
@@ -16,6 +17,11 @@ JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit_compile -> Ker
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    # The --help groups of trainer.train, each starting at the field named.
+    FLAG_GROUPS: ClassVar[dict[str, str]] = {
+        "model": "model and optimisation", "mixed_precision": "devices", "shuffle_buffer_mb": "input pipeline",
+        "time_shift": "audio augmentation (training only; 0 turns one off)"}
+
     # Model and optimisation.
     model: str = option("seed", "network: 'seed' (the reference convnet) or 'wide' (more filters + batch norm)")
     epochs: int = option(40, "passes over the training data; the cosine schedule spans them all")

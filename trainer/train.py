@@ -336,15 +336,16 @@ def _write_json(json_path: str, value: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="a beam_jobs.preprocess output folder holding dataset.json")
-    parser.add_argument("--model_dir", required=True, help="where the model, logs and checkpoints go")
-    parser.add_argument("--snapshot", type=int, metavar="ID",
-                        help="train on snapshot ID of --data_dir (default: the current one; when resuming, the one "
-                             "the run started on); python -m beam_jobs.snapshots DATA_DIR lists them")
-    parser.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="train data-parallel in N worker processes on this machine (a loopback cluster); "
-                             "on a real cluster set TF_CONFIG on each machine instead (README) (default: 1)")
+    run = parser.add_argument_group("data, model folder and workers")
+    run.add_argument("--data_dir", required=True, help="a beam_jobs.preprocess output folder holding dataset.json")
+    run.add_argument("--model_dir", required=True, help="where the model, logs and checkpoints go")
+    run.add_argument("--snapshot", type=int, metavar="ID",
+                     help="train on snapshot ID of --data_dir (default: the current one; when resuming, the one "
+                          "the run started on); python -m beam_jobs.snapshots DATA_DIR lists them")
+    run.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="train data-parallel in N worker processes on this machine (a loopback cluster); "
+                          "on a real cluster set TF_CONFIG on each machine instead (README) (default: 1)")
     config_lib.add_flags(parser, TrainConfig)
     argv = sys.argv[1:] if argv is None else list(argv)
     flags = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 Owns the one way configuration reaches code: a config dataclass lists its
 fields with `option(default, help, flag=...)`, `add_flags` turns them into
-argparse flags, `from_flags` builds and validates the config, and a bad value
+argparse flags (in the --help groups the class's `FLAG_GROUPS` names, or one
+group for the whole class), `from_flags` builds and validates the config, and a bad value
 raises `ConfigError` carrying the offending fields, which `flag_error` turns
 into a message that names the flags. `beam_jobs.preprocess` and
 `trainer.train` both use it. `SplitConfig` lives here as the one setting shared
@@ -40,15 +41,24 @@ def flag_name(config_class, field_name: str) -> str:
     return field.metadata.get("flag") or field.name
 
 
-def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One --flag per field of `config_class`, with the field's default and help; bools get --no-flag too."""
+def add_flags(parser: argparse.ArgumentParser, config_class, *, title: str | None = None) -> None:
+    """One --flag per field of `config_class`, with the field's default and help; bools get --no-flag too.
+
+    The flags go in argument groups of `parser`, so that --help lists them by topic: a class whose
+    `FLAG_GROUPS` maps field names to titles starts a group at each of those fields; the fields before the
+    first, or all of them when it has none, go in a group titled `title` (or in no group, for None).
+    """
+    starts = getattr(config_class, "FLAG_GROUPS", {})
+    target = parser.add_argument_group(title) if title else parser
     for field in dataclasses.fields(config_class):
+        if field.name in starts:
+            target = parser.add_argument_group(starts[field.name])
         help_text = f"{field.metadata['help']} (default: {field.default})"
         name = f"--{flag_name(config_class, field.name)}"
         if field.type is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+            target.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
-            parser.add_argument(name, type=field.type, default=field.default, help=help_text)
+            target.add_argument(name, type=field.type, default=field.default, help=help_text)
 
 
 def from_flags(config_class, args: argparse.Namespace):

@@ -31,8 +31,7 @@ CLUSTER_HELP = """Flags this command does not know are Beam pipeline options. Th
                                  a job service (Prism, Flink) and an SDK worker pool
   --dask_client_address tcp://HOST:8786    a dask.distributed scheduler
   --setup_file ./setup.py        ships beam_jobs to remote workers (Dataflow, Flink, Spark)
-  --project, --region, --temp_location gs://...    Dataflow
-  --verbose                      show Beam's own log lines too"""
+  --project, --region, --temp_location gs://...    Dataflow"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,54 +74,59 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.preprocess",
                                      description="Folder-per-class inputs to sharded TFRecords and a manifest.",
                                      epilog=CLUSTER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = parser.add_argument_group("inputs")
+    output = parser.add_argument_group("output and snapshots")
+    streaming = parser.add_argument_group("streaming (--watch)")
     for spec in MODALITIES.values():
-        parser.add_argument(
+        inputs.add_argument(
             f"--{spec.name}_root", action="append", default=[],
             help=f"folder-per-class tree ROOT/<label>/.../<file> of {'/'.join(spec.extensions)} files; "
                  "repeat for several roots. Folders named _* are skipped. A modality whose files all "
                  "fail still gets a manifest, with zero examples and no shards, so an older dataset "
                  "never survives a re-ingest looking current.")
-        parser.add_argument(
+        inputs.add_argument(
             f"--{spec.name}_labels",
             help="comma-separated label vocabulary fixing the label indices across re-ingests; files "
                  "of other classes become error rows. Default: the sorted class folders found.")
-    parser.add_argument("--output_dir", required=True, help="local path or URL (gs://, s3://) for the outputs")
-    parser.add_argument("--shard_size_mb", type=float, default=64.0,
+    output.add_argument("--output_dir", required=True, help="local path or URL (gs://, s3://) for the outputs")
+    output.add_argument("--shard_size_mb", type=float, default=64.0,
                         help="target uncompressed shard size: a split gets ceil(its bytes / target) shards, "
                              "its bytes being its listed files times the size of one record")
-    parser.add_argument("--num_shards", type=int,
+    output.add_argument("--num_shards", type=int,
                         help="fixed number of hash buckets per split instead of --shard_size_mb; "
                              "buckets that receive no example write no shard")
-    parser.add_argument("--compression", choices=("none", "gzip"), default="none",
+    output.add_argument("--compression", choices=("none", "gzip"), default="none",
                         help="gzip writes .tfrecord.gz shards")
-    parser.add_argument("--full", action="store_true",
+    output.add_argument("--full", action="store_true",
                         help="featurize every file again instead of reusing the current snapshot's records "
                              "of unchanged files (a changed featurization config does this by itself)")
-    parser.add_argument("--compact", action="store_true",
+    output.add_argument("--compact", action="store_true",
                         help="rewrite all the records into one new, evenly sharded span, as a full ingest "
                              "would shard them, copying unchanged records instead of featurizing them")
-    parser.add_argument("--keep_snapshots", type=int, default=DEFAULT_KEEP_SNAPSHOTS,
+    output.add_argument("--keep_snapshots", type=int, default=DEFAULT_KEEP_SNAPSHOTS,
                         help="after a commit, delete the files of snapshots older than the newest N "
                              "(never the current one); readers that pinned one are told it was removed")
-    parser.add_argument("--max_spans", type=int, default=DEFAULT_MAX_SPANS,
+    output.add_argument("--max_spans", type=int, default=DEFAULT_MAX_SPANS,
                         help="compact when a re-ingest would leave a snapshot of more spans than this")
-    parser.add_argument("--in_process_below", type=int, default=IN_PROCESS_BELOW_FILES, metavar="FILES",
+    streaming.add_argument("--watch", action="store_true",
+                           help="keep running on a streaming runner (Prism unless --runner names another), "
+                                "committing a new snapshot as files land; Ctrl-C or SIGTERM commits what is "
+                                "stable and stops. A file is taken once its size and modification time hold "
+                                "for two polls")
+    streaming.add_argument("--poll_seconds", type=float, default=WatchConfig.poll_seconds,
+                           help="--watch: how often the roots are listed")
+    streaming.add_argument("--commit_seconds", type=float, default=WatchConfig.commit_seconds,
+                           help="--watch: the least time between two commits of a modality")
+    streaming.add_argument("--commit_files", type=int, default=WatchConfig.commit_files,
+                           help="--watch: commit sooner when this many new, changed or removed files wait")
+    for spec in MODALITIES.values():
+        config_lib.add_flags(parser, spec.config_class, title=f"{spec.name} featurization")
+    config_lib.add_flags(parser, SplitConfig, title="splits")
+    runner = parser.add_argument_group("runner (flags this command does not know are Beam pipeline options: below)")
+    runner.add_argument("--in_process_below", type=int, default=IN_PROCESS_BELOW_FILES, metavar="FILES",
                         help="on FnApiRunner, run a work list of fewer files in this process instead of "
                              "starting worker processes, each of which costs about 2 CPU s; 0: never")
-    parser.add_argument("--watch", action="store_true",
-                        help="keep running on a streaming runner (Prism unless --runner names another), "
-                             "committing a new snapshot as files land; Ctrl-C or SIGTERM commits what is "
-                             "stable and stops. A file is taken once its size and modification time hold "
-                             "for two polls")
-    parser.add_argument("--poll_seconds", type=float, default=WatchConfig.poll_seconds,
-                        help="--watch: how often the roots are listed")
-    parser.add_argument("--commit_seconds", type=float, default=WatchConfig.commit_seconds,
-                        help="--watch: the least time between two commits of a modality")
-    parser.add_argument("--commit_files", type=int, default=WatchConfig.commit_files,
-                        help="--watch: commit sooner when this many new, changed or removed files wait")
-    logs.add_verbose_flag(parser)
-    for config_class in [spec.config_class for spec in MODALITIES.values()] + [SplitConfig]:
-        config_lib.add_flags(parser, config_class)
+    logs.add_verbose_flag(runner)
     return parser
 
 

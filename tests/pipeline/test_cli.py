@@ -27,6 +27,39 @@ def test_help_starts_with_usage_and_names_the_cluster_flags():
         assert flag in completed.stdout, flag
 
 
+def help_sections(text: str) -> dict[str, list[str]]:
+    """{group title: the flags it lists} of an argparse --help, in order."""
+    sections, title, lines = {}, None, text.splitlines()
+    for line, next_line in zip(lines, lines[1:] + [""]):
+        # A group's title is in lower case, as argparse's own "options" (the epilog's first line is a sentence).
+        if line[:1].islower() and line.endswith(":") and next_line.startswith("  -"):
+            title = line[:-1]
+            sections[title] = []
+        elif not line:
+            title = None  # the end of a group; the epilog is none
+        elif title is not None and line.startswith("  -"):
+            sections[title].append(line.split()[0].rstrip(","))
+    return sections
+
+
+@pytest.mark.parametrize("module, groups", [
+    ("beam_jobs.preprocess", ["options", "inputs", "output and snapshots", "streaming (--watch)",
+                              "audio featurization", "image featurization", "splits",
+                              "runner (flags this command does not know are Beam pipeline options: below)"]),
+    ("trainer.train", ["options", "data, model folder and workers", "model and optimisation", "devices",
+                       "input pipeline", "audio augmentation (training only; 0 turns one off)"]),
+])
+def test_help_lists_the_flags_in_groups_a_person_scans(module, groups):
+    completed = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    sections = help_sections(completed.stdout)
+    assert list(sections) == groups
+    assert sections["options"] == ["-h"], "every flag belongs in a group"
+    assert all(sections[title] for title in groups), sections
+    assert "--verbose" in sections[groups[-1]] or module == "trainer.train"
+
+
 def test_a_run_prints_progress_and_the_summary_and_none_of_beams_chatter(small_tree, tmp_path):
     # The default runner: FnApiRunner with a worker process per core, whose start-up chatter is filtered.
     completed = preprocess(f"--audio_root={small_tree}", f"--output_dir={tmp_path}", "--in_process_below=0")
