@@ -1,5 +1,6 @@
 """Raw files -> beam_jobs.preprocess -> trainer.train -> evaluate -> predict, on toy tones and shapes."""
 import json
+import os
 import pathlib
 import shutil
 
@@ -14,6 +15,7 @@ from beam_jobs.modalities.errors import InvalidInputError
 from beam_jobs.table.layout import snapshot_path
 from toy_data import TOY_CONFIG, kill_training_after, run_python
 from trainer import evaluate, predict
+from trainer.tensorflow_notes import notes_dropped
 from trainer.config import TrainConfig
 from trainer.data import load_manifest
 from trainer.train import main as train_main
@@ -121,6 +123,16 @@ def test_predict_cli_reports_bad_files_and_predicts_the_rest(model_dirs, raw_roo
     assert [len(row["top"]) for row in rows if "top" in row] == [2, 2, 2]
     assert [row["top"][0]["label"] for row in rows if "top" in row] == ["disc", "horizontal", "vertical"]
     assert {row["path"] for row in rows if "error" in row} == {str(bad), str(tmp_path / "missing.png")}
+
+
+def test_tensorflows_start_up_notes_are_dropped_and_everything_else_written_to_fd_2_is_kept(capfd):
+    # What absl writes on CPUs where TensorFlow turns oneDNN on by default (AMX, AVX512-VNNI).
+    notes = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             b"I0000 00:00:1796410296.139045   26613 port.cc:153] oneDNN custom operations are on. You may see "
+             b"slightly different numerical results due to floating-point round-off errors.\n")
+    with notes_dropped():
+        os.write(2, notes + b"a real error\n" + notes)
+    assert capfd.readouterr().err == "a real error\n"
 
 
 def test_predict_prints_its_answer_and_nothing_of_tensorflows_start_up(model_dirs, raw_roots):
