@@ -316,7 +316,7 @@ def parse_engines(parser: argparse.ArgumentParser, value: str) -> list[str]:
     return engines
 
 
-def main():
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--audio_files", type=int, default=9000, help="N for audio (the demo corpus's size)")
     parser.add_argument("--image_files", type=int, default=70000, help="N for images (the demo corpus's size)")
@@ -333,7 +333,7 @@ def main():
     parser.add_argument("--root", help="internal, with --engine")
     parser.add_argument("--out_dir", help="internal, with --engine")
     parser.add_argument("pipeline_args", nargs="*", help="internal, with --engine, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.engine:
         start = time.perf_counter()
         records = run_engine(args.engine, modality=args.modality, root=Path(args.root), out_dir=Path(args.out_dir),

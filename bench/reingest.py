@@ -28,15 +28,21 @@ import sys
 import time
 from pathlib import Path
 
-from beam_jobs.modalities import MODALITIES
-from beam_jobs.table import snapshots
-from beam_jobs.table.layout import DataFolder, dataset_dir
-from bench.preprocess import FILE_MAKERS, REPO, RUNNERS, TWO_WORKERS, PeakMemory, children_cpu_seconds, list_inputs
+from beam_jobs.console import logs
+
+logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
+
+from beam_jobs.modalities import MODALITIES  # noqa: E402
+from beam_jobs.table import snapshots  # noqa: E402
+from beam_jobs.table.layout import DataFolder, dataset_dir  # noqa: E402
+from bench.engines import RUNNER_FLAGS  # noqa: E402
+from bench.preprocess import FILE_MAKERS, REPO, PeakMemory, children_cpu_seconds, list_inputs  # noqa: E402
 
 NEW_FRACTION = 0.05  # the share of the corpus the third run adds
 NO_CHANGE_TARGET = 0.15  # the no-change re-ingest's most seconds, as a share of the full ingest's
 NEW_FILES_TARGETS = {"audio": 0.3, "image": 0.6}  # the same for the 5%-new re-ingest, per modality
 PHASES = ("full", "no change", "5% new")
+TWO_WORKERS = RUNNER_FLAGS["beam 2 workers"]  # FnApiRunner on 2 worker processes
 
 
 def link_tree(source: Path, dest: Path) -> None:
@@ -71,11 +77,11 @@ def add_new_files(root: Path, *, modality: str, fraction: float) -> int:
 def run_ingest(root: Path, out_dir: Path, *, modality: str) -> dict:
     """Runs `python -m beam_jobs.preprocess` on 2 workers in a child process; its seconds, CPU and peak memory."""
     command = [sys.executable, "-m", "beam_jobs.preprocess", f"--{modality}_root={root}", f"--output_dir={out_dir}",
-               *RUNNERS[TWO_WORKERS]]
+               *TWO_WORKERS]
     cpu_before = children_cpu_seconds()  # counts the child and the workers it waited for
     start = time.perf_counter()
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        with PeakMemory(child.pid) as memory:
+        with PeakMemory([child.pid]) as memory:
             _, stderr = child.communicate()
     seconds = time.perf_counter() - start
     if child.returncode:
@@ -145,7 +151,7 @@ def print_modality(modality: str, *, files: int, added: int, repeats: int, best:
     return all_met
 
 
-def main():
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default="data", help="the main job's data folder, holding raw/<corpus>")
     for modality in MODALITIES:
@@ -153,7 +159,7 @@ def main():
     parser.add_argument("--work_dir", default="/tmp/soundsight-reingest", help="emptied first")
     parser.add_argument("--repeats", type=int, default=2, help="runs per phase; the fastest counts")
     parser.add_argument("--modalities", default=",".join(MODALITIES), help="comma-separated subset")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     corpora = {modality: Path(getattr(args, f"{modality}_root") or DataFolder(Path(args.data_dir)).demo_raw(modality))
                for modality in args.modalities.split(",")}
     for modality, corpus in corpora.items():
@@ -162,7 +168,7 @@ def main():
     work_dir = Path(args.work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; each phase: python -m "
-          f"beam_jobs.preprocess --<modality>_root=TREE --output_dir=OUT {' '.join(RUNNERS[TWO_WORKERS])}",
+          f"beam_jobs.preprocess --<modality>_root=TREE --output_dir=OUT {' '.join(TWO_WORKERS)}",
           flush=True)
     all_met = True
     for modality, corpus in corpora.items():

@@ -25,8 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from beam_jobs.table import snapshots
-from beam_jobs.table.layout import SPAN_FILES_NAME
+from beam_jobs.console import logs
+
+logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
+
+from beam_jobs.table import snapshots  # noqa: E402
+from beam_jobs.table.layout import SPAN_FILES_NAME  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MARGIN_S = 5.0
@@ -65,14 +69,14 @@ def committed_paths(dataset_dir: str) -> tuple[int, set[str]]:
         return manifest.snapshot_id, {json.loads(line)["path"] for line in rows}
 
 
-def main():
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio_root", required=True)
     parser.add_argument("--image_root")
     parser.add_argument("--drops", type=int, default=8)
     parser.add_argument("--poll_seconds", type=float, default=1.0)
     parser.add_argument("--commit_seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     try:
         roots = {"audio": work / "audio_in"}
@@ -94,6 +98,7 @@ def main():
              f"--poll_seconds={args.poll_seconds}", f"--commit_seconds={args.commit_seconds}"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            wait_until_watching(watch, work / "watch.log")
             run_drops(watch, roots["audio"], str(out / "audio"), args=args)
         finally:
             os.killpg(watch.pid, signal.SIGTERM)
@@ -103,8 +108,16 @@ def main():
         shutil.rmtree(work)
 
 
+def wait_until_watching(watch: subprocess.Popen, log_path: Path) -> None:
+    """Returns once the watch says it is watching: its pipeline runs on Prism."""
+    while "watching " not in log_path.read_text():
+        if watch.poll() is not None:
+            sys.exit(f"the watch exited ({watch.returncode}) before it started:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
 def run_drops(watch: subprocess.Popen, root: Path, dataset_dir: str, *, args) -> None:
-    time.sleep(max(5.0, 3 * args.poll_seconds))  # Prism's start and the first polls
+    time.sleep(3 * args.poll_seconds)  # the first polls
     cpu_before, idle_start = tree_cpu_seconds(watch.pid), time.monotonic()
     time.sleep(4 * args.poll_seconds)
     idle_cpu = (tree_cpu_seconds(watch.pid) - cpu_before) / (time.monotonic() - idle_start)

@@ -8,7 +8,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
 system_packages=(python3-venv espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-                 dataset-fashion-mnist chromium fonts-dejavu-core)
+                 dataset-fashion-mnist chromium fonts-dejavu-core time)  # time: GNU time, for bench/train_scale.py
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
