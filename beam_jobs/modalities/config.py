@@ -3,12 +3,13 @@
 Owns the one way configuration reaches code: a config dataclass lists its
 fields with `option(default, help, flag=...)`, `add_flags` turns them into
 argparse flags (in the --help groups the class's `FLAG_GROUPS` names, or one
-group for the whole class), `from_flags` builds and validates the config, and a bad value
-raises `ConfigError` carrying the offending fields, which `flag_error` turns
-into a message that names the flags. `beam_jobs.preprocess` and
-`trainer.train` both use it. `SplitConfig` lives here as the one setting shared
-by the pipeline, the app and the report; each modality's featurization config
-lives beside its featurizer (`beam_jobs.modalities.audio`, `beam_jobs.modalities.image`).
+group for the whole class), `from_flags` builds and validates the config, and
+a bad value raises `ConfigError` carrying the offending fields, which
+`flag_error` turns into a message that names the flags. `beam_jobs.preprocess`
+and `trainer.train` both use it. `SplitConfig` lives here as the one setting
+shared by the pipeline, the app and the report; each modality's featurization
+config lives beside its featurizer (`beam_jobs.modalities.audio`,
+`beam_jobs.modalities.image`).
 """
 import argparse
 import dataclasses
