@@ -8,40 +8,37 @@ applies:
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:... port.cc:153] oneDNN custom operations are on. You may see slightly different ...
 
-So the first import of TensorFlow runs with the process's stderr (file descriptor 2) captured, and what
-it wrote there, less those notes, is written back as soon as the import ends. oneDNN stays on.
+So the first import of TensorFlow runs with the process's stderr (file descriptor 2) filtered
+(`beam_jobs.console.logs.stderr_filtered`, which also keeps Beam's worker chatter off the terminal):
+all it writes but those notes passes. oneDNN stays on.
 """
 import contextlib
 import importlib.abc
 import importlib.util
 import os
 import sys
-import tempfile
+
+from beam_jobs.console import logs
 
 _NOTES = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
           "] oneDNN custom operations are on.")
 
 
+def _is_start_up_note(line: str) -> bool:
+    return any(note in line for note in _NOTES)
+
+
 @contextlib.contextmanager
 def notes_dropped():
-    """Within the block, what the process writes to file descriptor 2 is held back; when the block ends,
-    all of it but TensorFlow's start-up notes reaches stderr."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+    """Within the block, what the process writes to file descriptor 2 reaches stderr, less TensorFlow's
+    start-up notes."""
+    real_stderr = None
+    try:
+        with logs.stderr_filtered(_is_start_up_note) as real_stderr:
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if not any(note in line for note in _NOTES)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+    finally:
+        if real_stderr is not None:
+            real_stderr.close()  # the filter's own duplicate of stderr, which no logging handler holds here
 
 
 class _QuietLoader(importlib.abc.Loader):

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Callable
 
 # Notices Beam prints in every local run, which no user can act on; the next two, at warning level, in
 # every run that starts Prism as a subprocess; the last in every streaming run on Prism (PeriodicImpulse's
@@ -53,36 +54,46 @@ def worker_output_filtered(*, verbose: bool):
     """Yields a stream on the real stderr; meanwhile what child processes write to stderr is filtered.
 
     Local worker processes inherit file descriptor 2 and log their start-up to
-    it, a dozen lines each. Inside the block, descriptor 2 is a pipe that a
-    thread copies to the real stderr, dropping those lines (INFO/DEBUG lines in
-    logging's default format and Beam's notices); warnings, errors and
-    tracebacks pass. Live output (the progress line) goes to the yielded stream.
-    With `verbose`, nothing is filtered.
+    it, a dozen lines each: inside the block those lines (INFO/DEBUG lines in
+    logging's default format and Beam's notices) are dropped, and warnings,
+    errors and tracebacks pass (`stderr_filtered`). Live output (the progress
+    line) goes to the yielded stream. With `verbose`, nothing is filtered.
     """
     if verbose:
         yield sys.stderr
         return
+    with stderr_filtered(_is_worker_chatter) as real_stderr:
+        yield real_stderr
+
+
+@contextlib.contextmanager
+def stderr_filtered(drop: Callable[[str], bool]):
+    """Within the block, the lines written to file descriptor 2, by this process (its native code too) or by
+    the child processes that inherit it, reach the real stderr as they come, less those `drop` says to drop.
+
+    Descriptor 2 is a pipe meanwhile, which a thread copies to the real stderr. Yields a stream on the real
+    stderr, which stays open after the block (a logging handler may hold it; the caller closes it).
+    """
     sys.stderr.flush()
     real_fd = os.dup(2)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    # Owns the duplicate of the real stderr, which outlives the block: the logging handler writes to it.
     real_stderr = os.fdopen(real_fd, "w", buffering=1)
 
     def copy_lines():
         with os.fdopen(read_fd, "r", errors="replace") as pipe:
             for line in pipe:
-                if not _is_worker_chatter(line):
+                if not drop(line):
                     real_stderr.write(line)
 
-    copier = threading.Thread(target=copy_lines, name="worker-stderr", daemon=True)
+    copier = threading.Thread(target=copy_lines, name="stderr-filter", daemon=True)
     copier.start()
     try:
         yield real_stderr
     finally:
         sys.stderr.flush()
-        os.dup2(real_fd, 2)  # the pipe closes once no worker process holds it any more
+        os.dup2(real_fd, 2)  # the pipe closes once no process holds it any more
         copier.join(timeout=5)
         real_stderr.flush()
 
