@@ -27,24 +27,20 @@ import sys
 import time
 from pathlib import Path
 
-from beam_jobs.console import logs
+from apache_beam.io.tfrecordio import _TFRecordUtil
 
-logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
-
-from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
-
-from beam_jobs import preprocess  # noqa: E402
-from beam_jobs.inputs.labels import index_labels  # noqa: E402
-from beam_jobs.inputs.reading import read_at_most  # noqa: E402
-from beam_jobs.inputs.splits import SPLITS  # noqa: E402
-from beam_jobs.inputs.tree import class_folder  # noqa: E402
-from beam_jobs.modalities import MODALITIES  # noqa: E402
-from beam_jobs.modalities.config import SplitConfig  # noqa: E402
-from beam_jobs.modalities.errors import InvalidInputError  # noqa: E402
-from beam_jobs.pipeline.plan import ListedFile, list_input_files  # noqa: E402
-from beam_jobs.records.from_file import encode_input_file  # noqa: E402
-from beam_jobs.runners.default import find_prism  # noqa: E402
-from beam_jobs.runners.forked_workers import FORK_WORKERS_VARIABLE  # noqa: E402
+from beam_jobs import preprocess
+from beam_jobs.inputs.labels import index_labels
+from beam_jobs.inputs.reading import read_at_most
+from beam_jobs.inputs.splits import SPLITS
+from beam_jobs.inputs.tree import class_folder
+from beam_jobs.modalities import MODALITIES
+from beam_jobs.modalities.config import SplitConfig
+from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.pipeline.plan import ListedFile, list_input_files
+from beam_jobs.records.from_file import encode_input_file
+from beam_jobs.runners.default import find_prism
+from beam_jobs.runners.forked_workers import FORK_WORKERS_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_PROCESSES = 2

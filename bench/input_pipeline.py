@@ -14,7 +14,6 @@ fastest epoch of each counts.
 import argparse
 import time
 
-import trainer  # noqa: F401 -- before TensorFlow, which it keeps quiet at start-up (trainer/__init__.py)
 import keras
 import numpy as np
 import tensorflow as tf

@@ -28,15 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from beam_jobs.console import logs
-
-logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
-
-from beam_jobs.modalities import MODALITIES  # noqa: E402
-from beam_jobs.table import snapshots  # noqa: E402
-from beam_jobs.table.layout import DataFolder, dataset_dir  # noqa: E402
-from bench.engines import RUNNER_FLAGS  # noqa: E402
-from bench.preprocess import FILE_MAKERS, REPO, PeakMemory, children_cpu_seconds, list_inputs  # noqa: E402
+from beam_jobs.modalities import MODALITIES
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import DataFolder, dataset_dir
+from bench.engines import RUNNER_FLAGS
+from bench.preprocess import FILE_MAKERS, REPO, PeakMemory, children_cpu_seconds, list_inputs
 
 NEW_FRACTION = 0.05  # the share of the corpus the third run adds
 NO_CHANGE_TARGET = 0.15  # the no-change re-ingest's most seconds, as a share of the full ingest's

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-import trainer  # noqa: F401 -- before TensorFlow, which it keeps quiet at start-up (trainer/__init__.py)
 import keras
 import tensorflow as tf
 

@@ -25,12 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from beam_jobs.console import logs
-
-logs.quiet_beam_import()  # before the first import of Beam, below: see beam_jobs.console.logs
-
-from beam_jobs.table import snapshots  # noqa: E402
-from beam_jobs.table.layout import SPAN_FILES_NAME  # noqa: E402
+from beam_jobs.table import snapshots
+from beam_jobs.table.layout import SPAN_FILES_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MARGIN_S = 5.0
