@@ -14,8 +14,9 @@ Reads one snapshot of --data_dir, resolved once, at start: the current one, or
 with the model's on their common part: a dataset's labels only grow, and
 examples of labels the model does not know are left out and reported. Another
 dataset's files are tagged with the name of its input folder, e.g.
-metrics-festival-all.json, so the model's own test metrics are never
-overwritten. --split all evaluates every split together.
+metrics-festival-all.json, and another snapshot of the model's own dataset
+with its id, e.g. metrics-snapshot3-test.json, so the model's own test
+metrics are never overwritten. --split all evaluates every split together.
 """
 import argparse
 import json
@@ -62,9 +63,8 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     manifest = load_manifest(data_dir, snapshot)
     unknown_labels = _check_compatible(model_manifest=predictor.manifest, data_manifest=manifest, data_dir=data_dir)
     if tag is None:
-        same_dataset = (manifest.created, manifest.input_roots) == (predictor.manifest.created,
-                                                                    predictor.manifest.input_roots)
-        tag = "" if same_dataset else posixpath.basename(manifest.input_roots[0].rstrip("/"))
+        tag = _default_tag(data_manifest=manifest, model_manifest=predictor.manifest, data_dir=data_dir,
+                           model_dir=model_dir)
     splits = [name for name in SPLITS if name in manifest.splits] if split == "all" else [split]
     dataset = make_dataset(manifest=manifest, data_dir=data_dir, splits=splits, batch_size=batch_size,
                            training=False)
@@ -103,6 +103,26 @@ def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | N
     print(f"{title}; macro F1 {metrics['macro_f1']:.4f}; {describe_snapshots(metrics)}. "
           f"Wrote {', '.join(written)}.")
     return metrics
+
+
+def _default_tag(*, data_manifest, model_manifest, data_dir: str, model_dir: str) -> str:
+    """"" for the snapshot the model was trained on, "snapshot3" for another snapshot of the folder it was
+    trained on, else the data's input folder name.
+
+    A snapshot is known by its run id: two runs within one second share their `created` time.
+    """
+    def identity(manifest):
+        return manifest.run_id or (manifest.created, tuple(manifest.input_roots))
+
+    if identity(data_manifest) == identity(model_manifest):
+        return ""
+    layout = ModelDir(model_dir)
+    if data_manifest.snapshot_id is not None and tf.io.gfile.exists(layout.train_config):
+        with tf.io.gfile.GFile(layout.train_config) as config_file:
+            trained_on = json.load(config_file).get("data_dir")
+        if trained_on is not None and trained_on.rstrip("/") == data_dir.rstrip("/"):
+            return f"snapshot{data_manifest.snapshot_id}"
+    return posixpath.basename(data_manifest.input_roots[0].rstrip("/"))
 
 
 def _check_compatible(*, model_manifest, data_manifest, data_dir: str) -> list[str]:
@@ -145,7 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", choices=(*SPLITS, "all"), help="split to evaluate (default: test)")
     parser.add_argument("--tag", default=None,
                         help="names the output files metrics-TAG-SPLIT.json etc. (default: none for the "
-                             "model's own dataset, else the data's input folder name)")
+                             "snapshot the model was trained on, snapshotID for another snapshot of its dataset, else the data's "
+                             "input folder name)")
     parser.add_argument("--batch_size", type=int, default=256, help="examples per prediction batch (default: 256)")
     parser.add_argument("--snapshot", type=int, metavar="ID",
                         help="evaluate snapshot ID of --data_dir (default: the current one)")

@@ -5,6 +5,7 @@ beam_jobs.preprocess`, in a subprocess) and re-ingests it after adding and
 removing files, so that a new snapshot is committed, and an old one removed by
 retention, while or after a reader pinned one.
 """
+import dataclasses
 import json
 import pathlib
 import re
@@ -145,7 +146,13 @@ def test_an_older_snapshot_is_trained_and_evaluated_when_named(tones, tmp_path, 
     assert (current["snapshot"], current["training_snapshot"], current["num_examples"]) == (
         2, 1, sum(split.num_examples for split in second.splits.values()))
     assert json.loads((model_dir / "metrics-all.json").read_text())["snapshot"] == 1
+    assert json.loads((model_dir / "metrics-snapshot2-all.json").read_text())["snapshot"] == 2
     assert "trained on snapshot 1; evaluated on snapshot 2 of" in capsys.readouterr().out
+    # Two runs within one second share their `created` time: the run id still tells them apart.
+    same_second = dataclasses.replace(second, created=first.created)
+    places = dict(data_dir=data_dir, model_dir=str(model_dir))
+    assert evaluate._default_tag(data_manifest=same_second, model_manifest=first, **places) == "snapshot2"
+    assert evaluate._default_tag(data_manifest=first, model_manifest=first, **places) == ""
 
 
 def test_a_snapshot_removed_by_retention_is_named_to_every_reader_that_pinned_it(tones, tmp_path, capsys):
