@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from beam_jobs.inputs.splits import SPLITS
+from beam_jobs.modalities.config import SILENCE_LABEL, UNKNOWN_LABEL
 from trainer import plots
 from trainer.data import DatasetReadError, load_manifest, make_dataset, naming_bad_shards
 from trainer.model_dir import ModelDir, describe_snapshots
@@ -50,7 +51,20 @@ def classification_metrics(*, true: np.ndarray, predicted: np.ndarray, labels: l
                               "support": int(support[i])} for i, label in enumerate(labels)},
         "labels": list(labels),
         "confusion_matrix": confusion.tolist(),
+        **keyword_scores(confusion=confusion, labels=labels),
     }
+
+
+def keyword_scores(*, confusion: np.ndarray, labels: list[str]) -> dict:
+    """With _silence_ or _unknown_ among `labels`: the accuracy on the other labels' (the words') examples,
+    and how many examples of each are told apart, as keyword spotting reports them; else nothing."""
+    extra = [label for label in (SILENCE_LABEL, UNKNOWN_LABEL) if label in labels]
+    if not extra:
+        return {}
+    words = [index for index, label in enumerate(labels) if label not in extra]
+    support = int(confusion[words].sum())
+    return {"words_accuracy": float(np.trace(confusion[np.ix_(words, words)]) / support) if support else None,
+            "words_support": support}
 
 
 def evaluate(*, model_dir: str, data_dir: str, split: str = "test", tag: str | None = None,

@@ -1,7 +1,10 @@
 """The rules of a folder-per-class input tree, shared by the pipeline, the app and the report.
 
   ROOT/<label>/.../<file>   an input file, labelled by its top folder
-  ROOT/_*/..., .../_*/...   skipped: folders named `_...` (such as `_background_noise_`) hold no examples
+  ROOT/_background_noise_/<file>   background noise: recordings to mix into training clips and to cut
+                            silence examples from (`excerpt_path`), for the modalities that have it
+  ROOT/_silence_/..., ROOT/_unknown_/...   class folders of keyword spotting's two extra labels
+  ROOT/_*/..., .../_*/...   skipped: other folders named `_...` hold no examples
   ROOT/validation_list.txt  optional lists of relative paths that fix those files' splits
   ROOT/testing_list.txt
 
@@ -10,6 +13,7 @@ Pure Python: no Beam, no TensorFlow.
 from typing import Callable
 
 from beam_jobs.inputs.splits import LIST_FILES
+from beam_jobs.modalities.config import SILENCE_LABEL, UNKNOWN_LABEL
 
 
 def relative_to_root(path: str, root: str) -> str:
@@ -25,14 +29,35 @@ def join_root(root: str, relative_path: str) -> str:
     return root.rstrip("/") + "/" + relative_path
 
 
-def classify(relative_path: str, *, extensions: tuple[str, ...]) -> str:
-    """'skipped' inside a folder named `_...`, 'ignored' for other extensions, else 'input'."""
+NOISE_FOLDER = "_background_noise_"  # the Speech Commands convention
+_EXCERPT = "#"  # NOISE_FOLDER/<file>#<name>: a clip cut from a noise file, named by the plan
+
+
+def classify(relative_path: str, *, extensions: tuple[str, ...], noise: bool = False) -> str:
+    """'noise' for a file of the modality in ROOT/_background_noise_/ when `noise` (the modality has
+    background noise), 'skipped' inside any other folder named `_...`, 'ignored' for other extensions,
+    else 'input'."""
     folders = relative_path.split("/")[:-1]
-    if any(folder.startswith("_") for folder in folders):
+    if noise and folders == [NOISE_FOLDER] and relative_path.lower().endswith(extensions):
+        return "noise"
+    # _silence_/ and _unknown_/ at the top are class folders: a test set of noise clips, of other words.
+    if any(folder.startswith("_") for folder in folders[1:]) or (
+            folders and folders[0].startswith("_") and folders[0] not in (SILENCE_LABEL, UNKNOWN_LABEL)):
         return "skipped"
     if not relative_path.lower().endswith(extensions):
         return "ignored"
     return "input"
+
+
+def excerpt_path(noise_path: str, name: str) -> str:
+    """The relative path that names excerpt `name` of the noise file at `noise_path`."""
+    return f"{noise_path}{_EXCERPT}{name}"
+
+
+def excerpt_source(relative_path: str) -> str | None:
+    """The noise file an excerpt path was cut from; None for the path of a file."""
+    source, separator, _ = relative_path.partition(_EXCERPT)
+    return source if separator and source.startswith(NOISE_FOLDER + "/") else None
 
 
 def class_folder(relative_path: str) -> str | None:

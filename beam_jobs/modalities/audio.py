@@ -5,6 +5,7 @@ app and the report all featurize a raw file with exactly these functions.
 """
 import dataclasses
 import functools
+import hashlib
 import io
 import math
 import struct
@@ -179,15 +180,16 @@ def _voiced_region(samples: np.ndarray, *, frame: int) -> tuple[int, int]:
     return int(loud[0]) * frame, int(loud[-1] + 1) * frame
 
 
-def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig) -> np.ndarray:
+def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig, num_frames: int | None = None) -> np.ndarray:
     """Log power spectrogram of float32 [clip_samples]: float32 [num_frames, num_bins].
 
     Hann window of `window_ms`, hop `hop_ms`, `fft_size`-point FFT; projected to
-    `num_mel_bins` mel bands when that is non-zero.
+    `num_mel_bins` mel bands when that is non-zero. `num_frames` defaults to the
+    clip's (`config.num_frames`); None for a longer recording takes every whole window.
     """
     window = config.window_samples
     frames = np.lib.stride_tricks.sliding_window_view(clip, window)[:: config.hop_samples]
-    frames = frames[: config.num_frames] * _hann(window)
+    frames = frames[: num_frames or config.num_frames] * _hann(window)
     power = np.abs(np.fft.rfft(frames, n=config.fft_size, axis=1)) ** 2
     if config.num_mel_bins:
         # einsum, not @: a matmul this size goes to multi-threaded OpenBLAS, whose spinning threads
@@ -242,6 +244,46 @@ def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
     return featurize_wav_clip(data, config=config)[1]
 
 
+def featurize_noise_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
+    """A background-noise recording, whole, as the stored spectrograms are made: float32 [frames, num_bins].
+
+    Decoded and resampled like a clip but neither cut nor centred; at least one clip long, else
+    InvalidInputError (a shorter recording cannot give a clip-long stretch of noise).
+    """
+    samples, rate = decode_wav(data, config=config)
+    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
+    if samples.size < config.clip_samples:
+        raise InvalidInputError(f"background noise is {samples.size / config.sample_rate:.2f} s long, shorter than "
+                                f"one clip ({config.clip_seconds} s)")
+    frames = 1 + (samples.size - config.window_samples) // config.hop_samples
+    spectrogram = compute_log_spectrogram(samples, config=config, num_frames=frames)
+    if not np.all(np.isfinite(spectrogram)):
+        raise InvalidInputError("sample values are far out of range: the spectrogram overflows")
+    return spectrogram
+
+
+def noise_excerpt_wav(data: bytes, *, config: AudioConfig, key: str, max_volume: float = 1.0) -> bytes:
+    """One clip of a background-noise recording at a random volume, as a float32 WAV: a silence example.
+
+    `key` seeds the excerpt's start and its volume, uniform in [0, max_volume] times the recording's
+    own level (as Speech Commands' silence, whose volume is uniform in [0, 1]), so one key always gives
+    the same bytes. Raises InvalidInputError for a recording that is unreadable or shorter than a clip.
+    """
+    from scipy.io import wavfile
+
+    samples, rate = decode_wav(data, config=config)
+    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
+    if samples.size < config.clip_samples:
+        raise InvalidInputError(f"background noise is {samples.size / config.sample_rate:.2f} s long, shorter than "
+                                f"one clip ({config.clip_seconds} s)")
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little"))
+    start = int(rng.integers(0, samples.size - config.clip_samples + 1))
+    excerpt = samples[start:start + config.clip_samples] * np.float32(rng.uniform(0.0, max_volume))
+    output = io.BytesIO()
+    wavfile.write(output, config.sample_rate, excerpt.astype(np.float32))
+    return output.getvalue()
+
+
 def preview_wav(data: bytes, *, config: AudioConfig) -> list[PreviewPanel]:
     """The clip the model gets as a waveform above its spectrogram, both over the clip's seconds."""
     clip, spectrogram = featurize_wav_clip(data, config=config)
@@ -262,4 +304,5 @@ AUDIO = Modality(
     model_input=ModelInput(name="spectrogram", normalization="standardize", add_channel_axis=True,
                            augmentation="spectrogram"),
     media="audio", title="Spoken words", nouns=("word", "words"), upload=("Upload a .wav", ".wav,audio/wav"),
-    demo_corpus=DemoCorpus(folder="speech", command="speech-commands"), worker_imports=("scipy.io.wavfile",))
+    demo_corpus=DemoCorpus(folder="speech", command="speech-commands"), worker_imports=("scipy.io.wavfile",),
+    featurize_noise=featurize_noise_wav, noise_excerpt=noise_excerpt_wav)

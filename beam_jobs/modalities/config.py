@@ -88,3 +88,38 @@ class SplitConfig:
         require(self.validation_percent + self.test_percent < 100, ("validation_percent", "test_percent"),
                 self.validation_percent + self.test_percent, "< 100 so that training keeps some files")
         return self
+
+
+SILENCE_LABEL = "_silence_"  # Speech Commands' names of keyword spotting's two extra classes
+UNKNOWN_LABEL = "_unknown_"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeywordConfig:
+    """Keyword spotting's extra classes, as Speech Commands' trainer makes them, for modalities with
+    background noise (audio): `_unknown_` holds class folders outside --wanted_words, `_silence_` clips cut
+    from ROOT/_background_noise_. Each is a share of a split's wanted examples."""
+    wanted_words: str = option("", "comma-separated class folders that keep their own labels; the others become "
+                                   "_unknown_ examples. Empty: every class folder is its own label")
+    unknown_percentage: float = option(10.0, "with --wanted_words: _unknown_ examples per split, as a percentage "
+                                             "of the split's wanted examples; the other files are left out (counted)")
+    silence_percentage: float = option(0.0, "_silence_ examples per split, as a percentage of its wanted examples, "
+                                            "cut from the recordings in ROOT/_background_noise_; 0 = none")
+
+    @property
+    def wanted(self) -> tuple[str, ...] | None:
+        """The wanted class folders, or None when every class folder is wanted."""
+        return tuple(word.strip() for word in self.wanted_words.split(",")) if self.wanted_words.strip() else None
+
+    @property
+    def active(self) -> bool:
+        return self.wanted is not None or self.silence_percentage > 0
+
+    def validate(self) -> "KeywordConfig":
+        wanted = self.wanted or ()
+        require(all(wanted) and len(set(wanted)) == len(wanted) and not any(
+            word.startswith("_") or "/" in word for word in wanted), "wanted_words", self.wanted_words,
+            "distinct class folder names, none empty, none with '/' or a leading '_'")
+        require(0 <= self.unknown_percentage <= 100, "unknown_percentage", self.unknown_percentage, "in [0, 100]")
+        require(0 <= self.silence_percentage <= 100, "silence_percentage", self.silence_percentage, "in [0, 100]")
+        return self

@@ -72,3 +72,9 @@ class Modality:
     # Modules the featurizer imports on its first file, not at import time (so that commands that featurize
     # nothing do not pay for them); the pipeline's worker zygote imports them ahead (beam_jobs.runners.forked_workers).
     worker_imports: tuple[str, ...] = ()
+    # Background noise (ROOT/_background_noise_/*), for modalities that have it: the whole recording featurized
+    # as the stored tensors are, but of any length ((bytes, *, config) -> tensor), and a clip-long excerpt of it
+    # as raw file bytes ((bytes, *, config, key) -> bytes), from which `featurize` makes a silence
+    # example; `key` seeds where the excerpt starts and how loud it is.
+    featurize_noise: Callable[..., np.ndarray] | None = None
+    noise_excerpt: Callable[..., bytes] | None = None

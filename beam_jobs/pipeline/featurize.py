@@ -10,7 +10,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from beam_jobs.console.counters import ModalityCounters
 from beam_jobs.console.progress import ProgressFile
 from beam_jobs.inputs.reading import read_at_most
-from beam_jobs.inputs.tree import join_root
+from beam_jobs.inputs.tree import excerpt_source, join_root
 from beam_jobs.modalities.errors import InvalidInputError
 from beam_jobs.modalities.spec import Modality
 from beam_jobs.pipeline.sharding import PartWriter, ShardPart, shard_order
@@ -117,11 +117,17 @@ class FeaturizePart(beam.DoFn):
             source = item["copy"]
             return source["label"], copier.read(shard=source["shard"], offset=source["offset"],
                                                 length=source["length"])
-        path = join_root(self._roots[item["root"]], item["path"])
+        source = excerpt_source(item["path"])
+        path = join_root(self._roots[item["root"]], source or item["path"])
+
+        def read(limit: int) -> bytes:
+            data = read_at_most(path, limit=limit, expected_bytes=item["size"])
+            # A silence example: a clip cut from a noise recording, as the file the featurizer reads.
+            return self._spec.noise_excerpt(data, config=self._config, key=item["path"]) if source else data
+
         return encode_input_file(
             spec=self._spec, config=self._config, relative_path=item["path"], size_bytes=item["size"],
-            split=item["split"], vocabulary=self._vocabulary,
-            read=lambda limit: read_at_most(path, limit=limit, expected_bytes=item["size"]))
+            split=item["split"], vocabulary=self._vocabulary, read=read, label_name=item.get("label"))
 
     def finish_bundle(self):
         self._progress.write()

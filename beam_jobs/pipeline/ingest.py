@@ -9,6 +9,7 @@
 and the commit; `beam_jobs.pipeline.watch` runs them in a streaming pipeline each time
 files have landed.
 """
+import dataclasses
 import json
 import logging
 
@@ -16,9 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.inputs.tree import join_root
 from beam_jobs.pipeline.assign import group_by_part
+from beam_jobs.pipeline.noise import store_background_noise
 from beam_jobs.pipeline.plan import ListedFile, ModalityPlan, list_input_files, make_plan, read_base_index
 from beam_jobs.pipeline.recipe import SpanJob, manifest_template
-from beam_jobs.pipeline.settings import Settings
+from beam_jobs.pipeline.settings import Settings, keyword_fields
 from beam_jobs.pipeline.sharding import record_bytes
 from beam_jobs.pipeline.summary import ModalityOutcome
 from beam_jobs.records.error_rows import write_error_rows
@@ -33,7 +35,7 @@ from beam_jobs.table.runs import snapshots_in_use
 
 def list_modality(settings: Settings, modality: str) -> tuple[list[ListedFile], dict[str, int]]:
     return list_input_files(settings.roots[modality], extensions=settings.specs[modality].extensions,
-                            split_config=settings.split_config)
+                            split_config=settings.split_config, noise=settings.has_noise(modality))
 
 
 def plan_modality(settings: Settings, modality: str) -> ModalityPlan:
@@ -87,6 +89,12 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, span
         return ModalityOutcome(plan=plan, manifest=plan.base, expired=expired)
     spans = plan.kept_spans + ([span] if span else [])
     template = manifest_template(plan.modality, settings, labels=plan.labels, created=created)
+    if settings.has_noise(plan.modality):
+        template = dataclasses.replace(template, keywords=keyword_fields(settings.keywords_of(plan.modality)),
+                                       background_noise=store_background_noise(
+                                           plan, spec=settings.specs[plan.modality],
+                                           config=settings.configs[plan.modality],
+                                           roots=settings.roots[plan.modality], dataset_dir=dataset_dir))
     manifest = snapshots.snapshot_of_spans(template, dataset_dir=dataset_dir, spans=spans, base=plan.base,
                                            run_id=run_id, changes=plan.counts)
     try:

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs.console import logs
 from beam_jobs.modalities import config as config_lib
 from beam_jobs.modalities import MODALITIES
-from beam_jobs.modalities.config import ConfigError, SplitConfig
+from beam_jobs.modalities.config import SILENCE_LABEL, UNKNOWN_LABEL, ConfigError, KeywordConfig, SplitConfig
 from beam_jobs.modalities.spec import Modality
 from beam_jobs.runners.default import IN_PROCESS_BELOW_FILES, with_streaming_runner
 from beam_jobs.storage.files import use_pipeline_options
@@ -60,14 +60,28 @@ class Settings:
     max_spans: int = DEFAULT_MAX_SPANS  # a re-ingest that would leave more spans compacts instead
     in_process_below: int = IN_PROCESS_BELOW_FILES  # FnApiRunner runs fewer files in the launching process
     watch: WatchConfig | None = None  # keep running, committing files as they land; None: one batch run
+    keywords: KeywordConfig = KeywordConfig()  # _silence_ and _unknown_, for the modalities with background noise
 
     @property
     def specs(self) -> dict[str, Modality]:
         """The specs of the modalities asked for, in registry order."""
         return {name: MODALITIES[name] for name in self.roots}
 
+    def has_noise(self, modality: str) -> bool:
+        """Whether the modality has background noise (ROOT/_background_noise_), and so --silence_percentage."""
+        return MODALITIES[modality].featurize_noise is not None
+
+    def keywords_of(self, modality: str) -> KeywordConfig | None:
+        """The keyword classes of `modality`: --wanted_words and the rest apply to modalities with noise."""
+        return self.keywords if self.has_noise(modality) else None
+
     def dataset_dir(self, modality: str) -> str:
         return dataset_dir(self.output_dir, modality)
+
+
+def keyword_fields(keywords: KeywordConfig | None) -> dict:
+    """What a manifest records of the keyword classes: their fields when any is made, else nothing."""
+    return dataclasses.asdict(keywords) if keywords is not None and keywords.active else {}
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -122,6 +136,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for spec in MODALITIES.values():
         config_lib.add_flags(parser, spec.config_class, title=f"{spec.name} featurization")
     config_lib.add_flags(parser, SplitConfig, title="splits")
+    config_lib.add_flags(parser, KeywordConfig,
+                         title="keyword spotting (audio): _unknown_ and _silence_ classes, as Speech Commands has them")
     runner = parser.add_argument_group("runner (flags this command does not know are Beam pipeline options: below)")
     runner.add_argument("--in_process_below", type=int, default=IN_PROCESS_BELOW_FILES, metavar="FILES",
                         help="on FnApiRunner, run a work list of fewer files in this process instead of "
@@ -136,8 +152,10 @@ def parse_labels(text: str | None, *, flag: str, parser: argparse.ArgumentParser
     labels = tuple(label.strip() for label in text.split(","))
     if not all(labels) or len(set(labels)) != len(labels):
         parser.error(f"--{flag}={text!r}: labels must be non-empty and distinct")
-    if any(label.startswith("_") or "/" in label for label in labels):
-        parser.error(f"--{flag}={text!r}: a label is a class folder name, so no '/' and no leading '_'")
+    if any((label.startswith("_") and label not in (SILENCE_LABEL, UNKNOWN_LABEL)) or "/" in label
+           for label in labels):
+        parser.error(f"--{flag}={text!r}: a label is a class folder name, so no '/' and no leading '_' (but for "
+                     f"{SILENCE_LABEL} and {UNKNOWN_LABEL})")
     return labels
 
 
@@ -219,5 +237,5 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
         shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
         compression="GZIP" if args.compression == "gzip" else None, full=args.full, compact=args.compact,
         keep_snapshots=args.keep_snapshots, max_spans=args.max_spans, in_process_below=args.in_process_below,
-        watch=watch)
+        watch=watch, keywords=build_config(KeywordConfig, args, parser))
     return settings, pipeline_args

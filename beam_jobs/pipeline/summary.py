@@ -2,6 +2,7 @@
 import dataclasses
 
 from beam_jobs.inputs.splits import SPLITS
+from beam_jobs.pipeline.noise import describe_noise
 from beam_jobs.pipeline.plan import ModalityPlan
 from beam_jobs.table.layout import manifest_path
 from beam_jobs.table.manifest import DatasetManifest
@@ -73,7 +74,8 @@ def _count(counts: dict[str, int]) -> str:
 def format_outcome(modality: str, outcome: ModalityOutcome) -> list[str]:
     plan, manifest = outcome.plan, outcome.manifest
     listing = plan.listing_counts
-    files = (f"{listing['input_files']} input files; skipped {listing['skipped_files']} files in _ folders, "
+    noise = f"{listing['noise_files']} background noise files; " if listing.get("noise_files") else ""
+    files = (f"{listing['input_files']} input files; {noise}skipped {listing['skipped_files']} files in _ folders, "
              f"ignored {listing['ignored_files']} files of other types")
     if outcome.conflict:
         return [f"{modality}: {files}", f"error: {outcome.conflict}"]
@@ -86,6 +88,15 @@ def format_outcome(modality: str, outcome: ModalityOutcome) -> list[str]:
     lines = [f"{modality}: committed snapshot {manifest.snapshot_id}: {examples} examples and {manifest.num_errors} "
              f"errors from {files}",
              f"  files: {_count(plan.counts)}; {how}; {len(plan.work)} files written to a new span"]
+    noise_line = describe_noise(manifest.background_noise)
+    if noise_line:
+        lines.append(f"  {noise_line}")
+    if "unknown_left_out" in listing:
+        lines.append(f"  _unknown_: files of class folders outside --wanted_words, {listing['unknown_left_out']} "
+                     f"left out beyond --unknown_percentage")
+    if listing.get("silence_without_noise"):
+        lines.append("  note: no _silence_ examples: --silence_percentage needs recordings in ROOT/_background_noise_/, "
+                     "and there are none")
     if outcome.added_labels:
         first = len(plan.labels) - len(outcome.added_labels)
         lines.append(f"  new labels, after the {first} the dataset had: " + ", ".join(

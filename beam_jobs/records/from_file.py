@@ -28,7 +28,8 @@ class ErrorRow(NamedTuple):
 
 
 def encode_input_file(*, spec: Modality, config, relative_path: str, size_bytes: int, split: str,
-                      vocabulary: Mapping[str, int], read: Callable[[int], bytes]) -> tuple[str, bytes]:
+                      vocabulary: Mapping[str, int], read: Callable[[int], bytes],
+                      label_name: str | None = None) -> tuple[str, bytes]:
     """(label name, serialized Example) for one listed input file; InvalidInputError says why it cannot be one.
 
     Args:
@@ -38,8 +39,9 @@ def encode_input_file(*, spec: Modality, config, relative_path: str, size_bytes:
       split: the file's split, recorded in the example.
       vocabulary: {label name: index}.
       read: read(limit) returns the file's bytes, at most `limit` of them.
+      label_name: the label when the plan gave one (_unknown_, _silence_); default: the top folder.
     """
-    label_name = class_folder(relative_path)
+    label_name = label_name or class_folder(relative_path)
     if label_name is None:
         raise InvalidInputError("file is directly in the input root; inputs must be in ROOT/<label>/")
     if label_name not in vocabulary:

@@ -61,6 +61,11 @@ class DatasetManifest:
     spans: list[str] = dataclasses.field(default_factory=list)  # its span folders under spans/, oldest first
     changes: dict[str, int] = dataclasses.field(default_factory=dict)  # input files new, changed, removed, reused
     run_id: str | None = None  # the run that committed it
+    # beam_jobs.modalities.config.KeywordConfig's fields when _silence_ or _unknown_ are made, else empty.
+    keywords: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # ROOT/_background_noise_ recordings, each featurized whole once ({"path", "root", "size", "mtime", "file":
+    # noise/<hash>.npy under the dataset folder, "frames"}, or {"path", ..., "error": why it is left out}).
+    background_noise: list[dict] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -27,6 +27,7 @@ TFDS_METADATA = {TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}
 SPAN_METADATA = {SPAN_MANIFEST_NAME, SPAN_FILES_NAME, SPAN_ERRORS_NAME}  # beside a span's shards, with TFDS'
 DATASET_FOLDER = {MANIFEST_NAME, "snapshots", "spans"}
 from beam_jobs.inputs.splits import SPLITS, SplitRule
+from beam_jobs.pipeline.noise import NOISE_FOLDER_NAME
 from beam_jobs.records.features import FEATURES
 from beam_jobs.runners.default import find_prism
 from beam_jobs.table.manifest import DatasetManifest
@@ -136,8 +137,11 @@ def load_examples(output_dir: pathlib.Path, manifest: DatasetManifest, parse) ->
 
 def test_every_input_file_becomes_a_record_or_an_error_row(base_run, tree, example_parser):
     counters = base_run.counters
-    assert (counters["audio_skipped_files"], counters["audio_ignored_files"], counters["image_ignored_files"]) == (
-        1, 2, 1)
+    # The _background_noise_ recording is no example: it is stored beside the records, for the trainer.
+    assert (counters["audio_noise_files"], counters["audio_skipped_files"], counters["audio_ignored_files"],
+            counters["image_ignored_files"]) == (1, 0, 2, 1)
+    assert [entry["path"] for entry in base_run.manifests["audio"].background_noise] == [
+        "_background_noise_/noise.wav"]
     paths_in_errors = {row["path"] for row in base_run.error_rows}
     for modality, folder in (("audio", "speech"), ("image", "pictures")):
         manifest = base_run.manifests[modality]
@@ -203,12 +207,15 @@ def test_manifest_describes_the_dataset_and_lists_exactly_the_shards(base_run, t
         assert_holds_exactly_the_listed_files(pathlib.Path(base_run.output_dir) / manifest.modality, manifest)
     summary = preprocess.format_summary(base_run)
     assert "audio: committed snapshot 1: 12 examples and 4 errors from 16 input files" in summary
-    assert "skipped 1 files in _ folders" in summary and "stray.wav: file is directly in the input root" in summary
+    assert "16 input files; 1 background noise files; skipped 0 files in _ folders" in summary
+    assert "stray.wav: file is directly in the input root" in summary
 
 
 def assert_holds_exactly_the_listed_files(folder: pathlib.Path, manifest: DatasetManifest):
     """A dataset of one snapshot of one span: the span holds the manifest's shards and the span's metadata."""
-    assert {path.name for path in folder.iterdir()} == DATASET_FOLDER
+    # An audio dataset stores its background noise (here one recording) in noise/.
+    assert {path.name for path in folder.iterdir()} == DATASET_FOLDER | (
+        {NOISE_FOLDER_NAME} if manifest.background_noise else set())
     [span] = manifest.spans
     listed = {shard.path for split in manifest.splits.values() for shard in split.shards}
     metadata = SPAN_METADATA | (TFDS_METADATA if manifest.compression is None else set())

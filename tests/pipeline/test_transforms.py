@@ -56,6 +56,12 @@ def test_relative_paths_labels_and_kinds():
     assert classify("yes/a.WAV", extensions=AUDIO_EXTENSIONS) == "input"
     assert classify("_background_noise_/a.wav", extensions=AUDIO_EXTENSIONS) == "skipped"
     assert classify("yes/_old/a.wav", extensions=AUDIO_EXTENSIONS) == "skipped"
+    assert classify("_background_noise_/a.wav", extensions=AUDIO_EXTENSIONS, noise=True) == "noise"
+    assert classify("_background_noise_/old/a.wav", extensions=AUDIO_EXTENSIONS, noise=True) == "skipped"
+    assert classify("_background_noise_/notes.txt", extensions=AUDIO_EXTENSIONS, noise=True) == "skipped"
+    assert classify("_silence_/a.wav", extensions=AUDIO_EXTENSIONS) == "input"
+    assert classify("_unknown_/learn/a.wav", extensions=AUDIO_EXTENSIONS) == "input"
+    assert classify("_silence_/_old/a.wav", extensions=AUDIO_EXTENSIONS) == "skipped"
     assert classify("validation_list.txt", extensions=AUDIO_EXTENSIONS) == "ignored"
     for path, root in (("/data/speech/yes/a.wav", "/data/speech"), ("gs://b/s/yes/a.wav", "gs://b/s/")):
         assert join_root(root, relative_to_root(path, root)) == path
