@@ -11,14 +11,20 @@ What they buy, measured with the seed network trained on espeak-ng voices only
 stretch alone 0.53; frequency shift + stretch alone 0.48; masks alone 0.55; the
 defaults (all three) 0.58, at the price of in-domain test accuracy (0.996 -> 0.965).
 Noise floor, mixup and stronger frequency warps did not help; they stay off.
+Background-noise mixing (`trainer.noise`) and the room and channel ops (gain, reverb,
+band limit) came later; the README will give their measurements.
 """
 from typing import Callable
 
 import tensorflow as tf
 
 from trainer.config import TrainConfig
+from trainer.noise import POWER_FLOOR, make_noise_mixing
 
 _DB_TO_LOG_POWER = 0.2302585  # ln(10) / 10: the spectrogram is ln(power), dB is 10 log10(power)
+_BAND_LIMIT_HZ = (3000.0, 7000.0)  # telephone lines to recorders sampling at 8-16 kHz
+_ROLL_OFF_BINS = 2.0  # a band limit's filter falls from full power to none over this many mel bins
+_REVERBERANT_TO_DIRECT = (0.1, 1.0)  # the reverberant-to-direct energy ratio r of make_reverb
 
 
 def make_time_shift(max_fraction: float) -> Callable | None:
@@ -108,6 +114,73 @@ def make_noise_floor(max_db_below_peak: float) -> Callable | None:
     return noise_floor
 
 
+def make_gain(max_db: float) -> Callable | None:
+    """Scales each clip's power by a gain in [-max_db, +max_db] dB, under the featurizer's fixed floor.
+
+    The model standardizes each clip and noise mixing sets its noise by SNR, so a gain shows
+    only where the clip meets the floor of ln(power + 1e-6): it sinks quiet parts into it or
+    lifts them out, as a recording level does; placed before noise mixing and the band limit.
+    """
+    if not max_db:
+        return None
+
+    def gain(spectrograms, labels):
+        scale = tf.exp(_uniform_per_example(spectrograms, -max_db, max_db) * _DB_TO_LOG_POWER)
+        return _from_power(scale[:, None, None] * _to_power(spectrograms)), labels
+
+    return gain
+
+
+def make_reverb(probability: float, *, rt60_range: tuple[float, float] = (0.2, 0.8),
+                hop_seconds: float = 0.01) -> Callable | None:
+    """Adds late reverberation to a clip with `probability`: an exponentially decaying tail of each frame.
+
+    P_rev[t] = P[t] + r * sum_{k >= 1} P[t - k] 10^(-6 k hop / RT60) on the power, RT60 uniform
+    in `rt60_range` seconds (the time to decay 60 dB) and r uniform in [0.1, 1] per clip;
+    `hop_seconds` is the spectrogram's hop.
+    """
+    if not probability:
+        return None
+
+    def reverb(spectrograms, labels):
+        rt60 = _uniform_per_example(spectrograms, *rt60_range)
+        ratio = _uniform_per_example(spectrograms, *_REVERBERANT_TO_DIRECT)
+        index = tf.range(tf.shape(spectrograms)[1])
+        delay = tf.cast(index[:, None] - index[None, :], tf.float32)  # [to frame, from frame]
+        # exp, not 10 ** x: TensorFlow's pow took 3x as long as all the rest of the op.
+        decay = ratio[:, None, None] * tf.exp(-6 * hop_seconds * tf.math.log(10.0) / rt60[:, None, None]
+                                              * tf.nn.relu(delay))
+        response = tf.where(delay > 0, decay, tf.cast(delay == 0, tf.float32))  # [batch, frames, frames]
+        reverberant = _from_power(tf.einsum("bts,bsf->btf", response, _to_power(spectrograms)))
+        return _where_chosen(probability, reverberant, spectrograms), labels
+
+    return reverb
+
+
+def make_band_limit(probability: float, *, sample_rate: int = 16000, low_hz: float = 20.0) -> Callable | None:
+    """Removes a clip's power above a cutoff uniform in [3000, 7000] Hz with `probability` (phone, cheap recorder).
+
+    Mel bins (HTK, equally spaced from `low_hz` to sample_rate / 2, as the featurizer's) whose
+    centre lies below the cutoff keep their power; above it, the power falls linearly to none
+    (the floor) over 2 bins.
+    """
+    if not probability:
+        return None
+
+    def band_limit(spectrograms, labels):
+        bins = tf.shape(spectrograms)[2]
+        low, high = _hz_to_mel(low_hz), _hz_to_mel(sample_rate / 2)
+        spacing = (high - low) / tf.cast(bins + 1, tf.float32)  # bin i is centred at low + (i + 1) spacing
+        cutoff_bin = (_hz_to_mel(_uniform_per_example(spectrograms, *_BAND_LIMIT_HZ)) - low) / spacing - 1
+        above = tf.cast(tf.range(bins), tf.float32)[None, :] - cutoff_bin[:, None]
+        keep = tf.clip_by_value(1 - above / _ROLL_OFF_BINS, 0.0, 1.0)[:, None, :]  # [batch, 1, bins]
+        limited = _from_power(keep * _to_power(spectrograms))
+        # Bins below the cutoff stay exactly as they were, not as exp and log give them back.
+        return _where_chosen(probability, tf.where(keep < 1, limited, spectrograms), spectrograms), labels
+
+    return band_limit
+
+
 def make_mixup(alpha: float) -> Callable | None:
     """Mixes each example with another of the batch (inputs and labels), weight ~ Beta(alpha, alpha)."""
     if not alpha:
@@ -127,9 +200,18 @@ def make_mixup(alpha: float) -> Callable | None:
     return mixup
 
 
-def make_spectrogram_augmentation(config: TrainConfig) -> Callable | None:
-    """All enabled augmentations of `config`, in order: stretches and shifts, noise, masks, mixup; or None."""
+def make_spectrogram_augmentation(config: TrainConfig, *, noises=()) -> Callable | None:
+    """All enabled augmentations of `config`, in order, or None.
+
+    The room and channel first, as a recording makes them: gain, reverb, mixing in
+    `noises` (background-noise spectrograms for `trainer.noise.make_noise_mixing`), band
+    limit; then the speaker's stretches and shifts, the noise floor, masks and mixup.
+    """
     ops = [op for op in (
+        make_gain(config.gain_db),
+        make_reverb(config.reverb),
+        make_noise_mixing(list(noises), probability=config.noise_probability, snr_db=config.noise_snr_db),
+        make_band_limit(config.band_limit),
         make_time_stretch(config.time_stretch),
         make_time_shift(config.time_shift),
         make_freq_stretch(config.freq_stretch),
@@ -152,6 +234,27 @@ def make_spectrogram_augmentation(config: TrainConfig) -> Callable | None:
 
 def _uniform_per_example(spectrograms, low: float, high: float):
     return tf.random.uniform([tf.shape(spectrograms)[0]], low, high)
+
+
+def _where_chosen(probability: float, changed, spectrograms):
+    """`changed` for each clip with `probability`, the clip itself otherwise."""
+    chosen = tf.random.uniform([tf.shape(spectrograms)[0]]) < probability
+    return tf.where(chosen[:, None, None], changed, spectrograms)
+
+
+def _to_power(spectrograms):
+    """The power of stored ln(power + floor) spectrograms, without the floor."""
+    return tf.nn.relu(tf.exp(spectrograms) - POWER_FLOOR)
+
+
+def _from_power(power):
+    """Power back to a spectrogram as stored: ln(power + floor)."""
+    return tf.math.log(power + POWER_FLOOR)
+
+
+def _hz_to_mel(hz):
+    """HTK mel of a frequency in Hz (a float or a float32 tensor): a float32 tensor."""
+    return 1127.0 * tf.math.log1p(tf.cast(hz, tf.float32) / 700.0)
 
 
 def _affine_positions(spectrograms, *, axis: int, scale, shift, about_centre: bool):
@@ -190,6 +293,9 @@ def _resample(spectrograms, *, axis: int, positions, fill_silence: bool):
 AUGMENTATIONS = {"spectrogram": make_spectrogram_augmentation}
 
 
-def make_augmentation(family: str | None, config: TrainConfig) -> Callable | None:
-    """The training-only augmentation of a modality's `ModelInput.augmentation` family; None for none."""
-    return AUGMENTATIONS[family](config) if family else None
+def make_augmentation(family: str | None, config: TrainConfig, *, noises=()) -> Callable | None:
+    """The training-only augmentation of a modality's `ModelInput.augmentation` family; None for none.
+
+    `noises`: the dataset's background-noise spectrograms (`trainer.noise.load_background_noise`).
+    """
+    return AUGMENTATIONS[family](config, noises=noises) if family else None

@@ -53,6 +53,19 @@ class TrainConfig:
     freq_mask_width: float = option(0.15, "maximum width of a frequency mask, as a fraction of the bins")
     noise_floor_db: float = option(0.0, "add background noise up to this many dB below the clip's peak; 0 = off")
     mixup: float = option(0.0, "mixup Beta(a, a) parameter; 0 = off")
+    # Room and channel (trainer/noise.py, trainer/augment.py), not measured yet: noise mixing follows
+    # TensorFlow's speech_commands example (80% of clips), the others stay off until measured.
+    noise_probability: float = option(0.8, "fraction of clips mixed with the dataset's _background_noise_ "
+                                           "recordings, if it has any")
+    noise_snr_min_db: float = option(0.0, "lowest signal-to-noise ratio of a noise mix")
+    noise_snr_max_db: float = option(20.0, "highest signal-to-noise ratio of a noise mix")
+    band_limit: float = option(0.0, "fraction of clips cut off above 3-7 kHz, like a telephone or 8 kHz recorder")
+    reverb: float = option(0.0, "fraction of clips given a room's late reverberation (RT60 0.2-0.8 s)")
+    gain_db: float = option(0.0, "scale a clip's power by up to this many dB either way, under the fixed floor")
+
+    @property
+    def noise_snr_db(self) -> tuple[float, float]:
+        return (self.noise_snr_min_db, self.noise_snr_max_db)
 
     def validate(self) -> "TrainConfig":
         require(self.model in MODELS, "model", self.model, f"one of {MODELS}")
@@ -71,4 +84,9 @@ class TrainConfig:
         require(self.freq_masks >= 0, "freq_masks", self.freq_masks, ">= 0")
         require(self.noise_floor_db >= 0, "noise_floor_db", self.noise_floor_db, ">= 0")
         require(self.mixup >= 0, "mixup", self.mixup, ">= 0")
+        for name in ("noise_probability", "band_limit", "reverb"):
+            require(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
+        require(self.noise_snr_min_db <= self.noise_snr_max_db, ("noise_snr_min_db", "noise_snr_max_db"),
+                (self.noise_snr_min_db, self.noise_snr_max_db), "a range, min <= max")
+        require(self.gain_db >= 0, "gain_db", self.gain_db, ">= 0")
         return self

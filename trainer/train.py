@@ -36,6 +36,7 @@ from trainer.data import (DatasetReadError, load_manifest, make_dataset, make_wo
                           shuffle_buffer_size)
 from trainer.model import build_model
 from trainer.model_dir import ModelDir
+from trainer.noise import describe_noise_mixing, load_background_noise
 from trainer.sharding import sharing_note, steps_per_epoch
 
 MONITOR = "val_accuracy"
@@ -94,7 +95,10 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
     """Builds the model under `strategy`, fits it with the callbacks of `role` and, on the chief, exports it."""
     multi_worker = role.num_workers > 1  # make_strategy gives MultiWorkerMirroredStrategy exactly then
     keras.utils.set_random_seed(config.seed)
-    augment = make_augmentation(manifest.spec.model_input.augmentation, config)
+    family = manifest.spec.model_input.augmentation
+    noises = load_background_noise(manifest, data_dir) if family and config.noise_probability else []
+    augment = make_augmentation(family, config, noises=noises)
+    noise_mixing = describe_noise_mixing(noises, probability=config.noise_probability, snr_db=config.noise_snr_db)
     train_examples = manifest.splits["train"].num_examples
     per_replica_batch = config.batch_size // strategy.num_replicas_in_sync
     if multi_worker:
@@ -125,8 +129,8 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
         print(f"Training the {config.model} network on {data_dir}, {manifest.describe()}: {manifest.modality}, "
               f"{len(manifest.labels)} labels, "
               f"examples {counts}; input {manifest.tensor_dtype} {manifest.tensor_shape}; "
-              f"augmentation {'on' if augment else 'off'}; up to {config.epochs} epochs of "
-              f"{steps} batches of {config.batch_size}"
+              f"augmentation {'on' if augment else 'off'}{f', {noise_mixing}' * bool(family)}; "
+              f"up to {config.epochs} epochs of {steps} batches of {config.batch_size}"
               f"{f' ({per_replica_batch} on each of {strategy.num_replicas_in_sync} replicas)' * (strategy.num_replicas_in_sync > 1)}"
               f", {config.schedule} learning rate from {config.learning_rate}.")
         model.summary()
