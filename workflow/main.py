@@ -22,6 +22,7 @@ from pathlib import Path
 
 from beam_jobs.datasets import SPEECH_COMMANDS_WORDS
 from beam_jobs.modalities import MODALITIES
+from beam_jobs.modalities.config import SILENCE_LABEL, UNKNOWN_LABEL
 from beam_jobs.table.layout import ERRORS_NAME, DataFolder, manifest_path
 from beam_jobs.table.manifest import DatasetManifest, resolve_manifest
 from trainer.model_dir import ModelDir, describe_snapshots
@@ -33,6 +34,7 @@ class JobConfig:
     words: str | None  # comma-separated subset of the 30 Speech Commands words; None means all
     speakers_per_word: int  # synthetic espeak-ng voices, each saying all 30 words once
     festival_per_voice: int  # rate/pitch/volume settings of each installed festival voice
+    noise_clips_per_kind: int  # one-second test clips of each noise type never used in training
     fashion_per_class: int | None  # None exports all 70,000 Fashion-MNIST images
     audio_epochs: int
     image_epochs: int
@@ -59,9 +61,23 @@ class JobConfig:
     def festival_dataset(self) -> Path:
         return self.festival_records / "audio"
 
+    @property
+    def noise_records(self) -> Path:
+        """The noise-only test clips' preprocessing output, beside the main one."""
+        return self.data_dir / "tfrecords-noise"
+
+    @property
+    def noise_dataset(self) -> Path:
+        return self.noise_records / "audio"
+
+    @property
+    def audio_labels(self) -> list[str]:
+        """The speech model's vocabulary: silence, unknown and the words, as the pipeline sorts them."""
+        return sorted([SILENCE_LABEL, UNKNOWN_LABEL, *self.word_list])
+
     def datasets(self) -> list[Path]:
         """Every dataset folder the job trains or evaluates on."""
-        return [self.data.dataset(modality) for modality in MODALITIES] + [self.festival_dataset]
+        return [self.data.dataset(modality) for modality in MODALITIES] + [self.festival_dataset, self.noise_dataset]
 
     def epochs(self, modality: str) -> int:
         return getattr(self, f"{modality}_epochs")
@@ -79,9 +95,9 @@ class JobConfig:
 
 
 FULL = JobConfig(work_dir=Path("."), words=None, speakers_per_word=300, festival_per_voice=5,
-                 fashion_per_class=None, audio_epochs=40, image_epochs=40, predict_samples=8)
+                 noise_clips_per_kind=40, fashion_per_class=None, audio_epochs=40, image_epochs=40, predict_samples=8)
 QUICK = JobConfig(work_dir=Path("quick"), words=None, speakers_per_word=60, festival_per_voice=2,
-                  fashion_per_class=300, audio_epochs=30, image_epochs=10, predict_samples=4)
+                  noise_clips_per_kind=10, fashion_per_class=300, audio_epochs=30, image_epochs=10, predict_samples=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +115,9 @@ def build_data_stages(job: JobConfig) -> list[Stage]:
     python = sys.executable
     data = job.data
     speech, fashion, festival = data.demo_raw("audio"), data.demo_raw("image"), data.raw("festival")
-    festival_manifest = Path(manifest_path(str(job.festival_dataset)))
+    noise = data.raw("noise")
+    # Speech Commands' trainer's shares: silence and unknown each 10% of the wanted words' examples.
+    keywords = ["--wanted_words", ",".join(job.word_list), "--unknown_percentage", "10", "--silence_percentage", "10"]
     manifests = {modality: Path(manifest_path(str(data.dataset(modality)))) for modality in MODALITIES}
     fashion_limit = [] if job.fashion_per_class is None else ["--limit_per_class", str(job.fashion_per_class)]
     words = [] if job.words is None else ["--words", job.words]
@@ -112,21 +130,44 @@ def build_data_stages(job: JobConfig) -> list[Stage]:
               [python, "-m", "beam_jobs.datasets", "festival-commands", "--out", str(festival),
                "--per_voice", str(job.festival_per_voice), *words],
               [], [festival / "corpus.json"], festival.parent / ".festival-corpus.stamp"),
+        Stage("noise-corpus", "Generating noise-only test clips of noise types the training never mixes in",
+              [python, "-m", "beam_jobs.datasets", "noise-clips", "--out", str(noise),
+               "--per_kind", str(job.noise_clips_per_kind)],
+              [], [noise / "corpus.json"], noise.parent / ".noise-corpus.stamp"),
         Stage("fashion-corpus", "Exporting Fashion-MNIST to per-class PNG folders",
               [python, "-m", "beam_jobs.datasets", "fashion-mnist", "--out", str(fashion), *fashion_limit],
               [], [fashion / "corpus.json"], fashion.parent / ".fashion-corpus.stamp"),
         Stage("preprocess", "Beam pipeline: wavs and images to sharded TFRecords",
               [python, "-m", "beam_jobs.preprocess", "--audio_root", str(speech), "--image_root", str(fashion),
-               "--output_dir", str(data.records)],
+               "--output_dir", str(data.records), *keywords],
               [speech / "corpus.json", fashion / "corpus.json"], list(manifests.values()),
               data.records / ".preprocess.stamp"),
-        Stage("preprocess-festival", "Beam pipeline: the festival voices to TFRecords, with the speech vocabulary",
-              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(festival),
-               "--output_dir", str(job.festival_records), "--audio_labels", ",".join(sorted(job.word_list))],
-              [festival / "corpus.json", manifests["audio"]], [festival_manifest],
-              job.festival_records / ".preprocess.stamp"),
     ]
     return stages
+
+
+def build_test_set_stages(job: JobConfig, *, audio_labels: list[str]) -> list[Stage]:
+    """The test sets of the speech model (voices, noise types), preprocessed with its vocabulary `audio_labels`,
+    which the main dataset's manifest holds once it is there."""
+    python = sys.executable
+    data = job.data
+    festival, noise = data.raw("festival"), data.raw("noise")
+    festival_manifest = Path(manifest_path(str(job.festival_dataset)))
+    noise_manifest = Path(manifest_path(str(job.noise_dataset)))
+    speech_manifest = Path(manifest_path(str(data.dataset("audio"))))
+    labels = ["--audio_labels", ",".join(audio_labels)]
+    return [
+        Stage("preprocess-festival", "Beam pipeline: the festival voices to TFRecords, with the speech vocabulary",
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(festival),
+               "--output_dir", str(job.festival_records), *labels, "--wanted_words", ",".join(job.word_list),
+               "--unknown_percentage", "100"],
+              [festival / "corpus.json", speech_manifest], [festival_manifest],
+              job.festival_records / ".preprocess.stamp"),
+        Stage("preprocess-noise", "Beam pipeline: the noise-only test clips to TFRecords, with the speech vocabulary",
+              [python, "-m", "beam_jobs.preprocess", "--audio_root", str(noise),
+               "--output_dir", str(job.noise_records), *labels],
+              [noise / "corpus.json", speech_manifest], [noise_manifest], job.noise_records / ".preprocess.stamp"),
+    ]
 
 
 def build_model_stages(job: JobConfig, *, snapshots: dict[Path, int | None]) -> list[Stage]:
@@ -158,12 +199,18 @@ def build_model_stages(job: JobConfig, *, snapshots: dict[Path, int | None]) -> 
                "--split", "test", "--tag", "festival"],
               [Path(audio_model.model), festival_manifest],
               [Path(audio_model.metrics("festival-test"))], models / "audio" / ".evaluate-festival.stamp"),
+        Stage("evaluate-noise", "Evaluating the speech model on noise types it never heard (all should be _silence_)",
+              [python, "-m", "trainer.evaluate", "--model_dir", audio_model.path,
+               "--data_dir", str(job.noise_dataset), *_snapshot_flag(snapshots, job.noise_dataset),
+               "--split", "test", "--tag", "noise"],
+              [Path(audio_model.model), Path(manifest_path(str(job.noise_dataset)))],
+              [Path(audio_model.metrics("noise-test"))], models / "audio" / ".evaluate-noise.stamp"),
         Stage("report", "Writing the HTML report",
               [python, "-m", "workflow.report", "--data_dir", str(job.data_dir), "--models_dir", str(models),
                "--out", str(job.report_dir),
                "--predict_samples", str(job.predict_samples)],
               [Path(job.model_dir(modality).metrics("test")) for modality in MODALITIES]
-              + [Path(audio_model.metrics("festival-test"))],
+              + [Path(audio_model.metrics("festival-test")), Path(audio_model.metrics("noise-test"))],
               [job.report_dir / "index.html"], job.report_dir / ".report.stamp"),
     ]
     return stages
@@ -228,9 +275,25 @@ def print_summary(job: JobConfig, *, snapshots: dict[Path, int | None], seconds:
                                  ("Fashion-MNIST, official test split", "image", "test")):
         metrics = json.loads(Path(job.model_dir(modality).metrics(stem)).read_text())
         print(f"accuracy, {name}: {metrics['accuracy']:.4f} ({describe_snapshots(metrics)})")
+        if keyword_line(metrics):
+            print(f"  {keyword_line(metrics)}")
+    noise = json.loads(Path(job.model_dir("audio").metrics("noise-test")).read_text())
+    print(f"noise types never trained on, classified {SILENCE_LABEL}: "
+          f"{noise['per_class'][SILENCE_LABEL]['recall']:.4f} of {noise['num_examples']} clips")
     print(f"models: {', '.join(job.model_dir(modality).path for modality in MODALITIES)}")
     print(f"report: {(job.report_dir / 'index.html').resolve()}")
     print(f"total time: {seconds / 60:.1f} min")
+
+
+def keyword_line(metrics: dict) -> str:
+    """The words' accuracy and the recall of _unknown_ and _silence_, from a metrics JSON."""
+    parts = [f"the words {metrics['words_accuracy']:.4f} ({metrics['words_support']})"] \
+        if metrics.get("words_support") else []
+    for label in (UNKNOWN_LABEL, SILENCE_LABEL):
+        support = metrics["per_class"].get(label, {}).get("support", 0)
+        if support:
+            parts.append(f"{label} recall {metrics['per_class'][label]['recall']:.4f} ({support})")
+    return "; ".join(parts)
 
 
 def main(argv=None) -> None:
@@ -240,8 +303,8 @@ def main(argv=None) -> None:
     overrides = parser.add_argument_group("overrides of the preset (full or --quick)")
     overrides.add_argument("--work_dir", type=Path, help="where data/, models/ and report/ go")
     overrides.add_argument("--words", help="comma-separated subset of the 30 words")
-    for field in ("speakers_per_word", "festival_per_voice", "fashion_per_class", "audio_epochs", "image_epochs",
-                  "predict_samples"):
+    for field in ("speakers_per_word", "festival_per_voice", "noise_clips_per_kind", "fashion_per_class",
+                  "audio_epochs", "image_epochs", "predict_samples"):
         overrides.add_argument(f"--{field}", type=int)
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -249,12 +312,19 @@ def main(argv=None) -> None:
                                          if getattr(args, field.name) is not None})
     started = time.monotonic()
     data_stages = build_data_stages(job)
-    # The model stages are built once the data is there, to name its snapshots; built here only to count them.
-    total = len(data_stages) + len(build_model_stages(job, snapshots={}))
+    # The later stages are built once the data is there, to take its vocabulary and name its snapshots;
+    # built here only to count them.
+    total = (len(data_stages) + len(build_test_set_stages(job, audio_labels=job.audio_labels))
+             + len(build_model_stages(job, snapshots={})))
     for number, stage in enumerate(data_stages, start=1):
         run_stage(stage, number=number, total=total)
+    done = len(data_stages)
+    test_set_stages = build_test_set_stages(job, audio_labels=read_manifest(job.data.dataset("audio")).labels)
+    for number, stage in enumerate(test_set_stages, start=done + 1):
+        run_stage(stage, number=number, total=total)
+    done += len(test_set_stages)
     snapshots = current_snapshots(job)
-    for number, stage in enumerate(build_model_stages(job, snapshots=snapshots), start=len(data_stages) + 1):
+    for number, stage in enumerate(build_model_stages(job, snapshots=snapshots), start=done + 1):
         run_stage(stage, number=number, total=total)
     print_summary(job, snapshots=snapshots, seconds=time.monotonic() - started)
 
