@@ -70,8 +70,10 @@ def test_zero_parameters_turn_ops_off():
     assert augment.make_gain(0) is None and augment.make_reverb(0) is None and augment.make_band_limit(0) is None
     off = dataclasses.replace(TrainConfig(), time_shift=0, time_stretch=0, freq_shift=0, freq_stretch=0,
                               time_masks=0, freq_masks=0, noise_floor_db=0, mixup=0)
-    assert augment.make_spectrogram_augmentation(off) is None, "noise mixing is off without noise recordings"
-    assert augment.make_spectrogram_augmentation(off, noises=NOISES) is not None
+    assert augment.make_spectrogram_augmentation(off, noises=NOISES) is None, "noise mixing is off by default"
+    mixing = dataclasses.replace(off, noise_probability=0.8)
+    assert augment.make_spectrogram_augmentation(mixing) is None, "noise mixing is off without noise recordings"
+    assert augment.make_spectrogram_augmentation(mixing, noises=NOISES) is not None
     assert augment.make_spectrogram_augmentation(dataclasses.replace(off, noise_probability=0), noises=NOISES) is None
 
 
