@@ -137,6 +137,13 @@ class Speaker:
     gain: float = 1.0
 
     @property
+    def voice(self) -> str:
+        """The synthesizer's voice: espeak-ng's -v (voice+variant), festival's voice name."""
+        if "-v" in self.command:
+            return self.command[self.command.index("-v") + 1]
+        return next(part[len("(voice_"):-1] for part in self.command if part.startswith("(voice_"))
+
+    @property
     def speaker_id(self) -> str:
         config = " ".join(self.command) + f" tape_factor={self.tape_factor} gain={self.gain}"
         return hashlib.sha1(config.encode("utf-8")).hexdigest()[:8]
@@ -426,8 +433,9 @@ def write_testing_list(out_dir: Path, relative_paths) -> None:
     (out_dir / TESTING_LIST).write_text("".join(f"{relative}\n" for relative in sorted(relative_paths)))
 
 
-def write_corpus_record(out_dir: Path, *, parameters: dict, file_count: int) -> None:
-    record = {"parameters": parameters, "file_count": file_count}
+def write_corpus_record(out_dir: Path, *, parameters: dict, file_count: int, voices: dict | None = None) -> None:
+    """corpus.json; `voices` ({speaker id: voice}) lets a report break accuracy down by voice."""
+    record = {"parameters": parameters, "file_count": file_count, **({"voices": voices} if voices else {})}
     (out_dir / CORPUS_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -514,7 +522,8 @@ def build_spoken_corpus(*, out_dir: Path, speakers: list[Speaker], words: list[s
     if parameters["command"] == "festival-commands":
         # Never trained on: listing every clip puts the whole set in the pipeline's test split.
         write_testing_list(out_dir, clips)
-    write_corpus_record(out_dir, parameters=parameters, file_count=len(clips) + len(noise))
+    write_corpus_record(out_dir, parameters=parameters, file_count=len(clips) + len(noise),
+                        voices={speaker.speaker_id: speaker.voice for speaker in speakers})
     print(f"{label}: wrote {len(clips)} clips ({len(words)} words and {unknown_per_speaker} unknown words x "
           f"{len(speakers)} speakers, {truncated} cut to 1 s){f' and {len(noise)} noise files' if noise else ''} "
           f"to {out_dir}", flush=True)

@@ -12,6 +12,7 @@ from beam_jobs.modalities.config import option, require
 
 MODELS = ("seed", "wide")
 SCHEDULES = ("cosine", "constant")
+NORMALIZATIONS = ("standardize", "standardize_bins", "unit_range")  # trainer.model.NORMALIZATIONS' names
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit_compile -> Keras' compile(jit_compile=...)
 
 
@@ -29,6 +30,9 @@ class TrainConfig:
                                  "split evenly between them")
     learning_rate: float = option(1e-3, "initial RMSprop step size (Keras' default)")
     schedule: str = option("cosine", "learning rate 'cosine' (decays to 0 over --epochs) or 'constant'")
+    normalization: str = option("", "input normalization inside the model: '' (the modality's own: audio "
+                                    "'standardize', images 'unit_range'), 'standardize' (mean/variance of the whole "
+                                    "example) or 'standardize_bins' (of each frequency bin over time)")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing; 0 = plain one-hot targets")
     patience: int = option(10, "epochs without a better validation accuracy before early stopping")
     seed: int = option(0, "seeds weight init, file order, shuffling and augmentation")
@@ -74,6 +78,8 @@ class TrainConfig:
         require(self.epochs >= 1, "epochs", self.epochs, ">= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        require(self.normalization in ("", *NORMALIZATIONS), "normalization", self.normalization,
+                f"'' or one of {NORMALIZATIONS}")
         require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         require(self.jit_compile in JIT_COMPILE, "jit_compile", self.jit_compile, f"one of {tuple(JIT_COMPILE)}")
         require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)")

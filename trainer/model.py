@@ -17,16 +17,22 @@ NORMALIZATIONS = {
     # offsets, which differ between speakers and synthesizers.
     "standardize": lambda: layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False,
                                                      name="utterance_normalization"),
+    # Mean/variance of each frequency bin over the clip's frames (CMVN, as speech recognisers normalise
+    # cepstra): it also removes the clip's fixed spectral colouring, which differs between voices and
+    # synthesizers as a microphone or a room would.
+    "standardize_bins": lambda: layers.LayerNormalization(axis=(1, 3), center=False, scale=False,
+                                                          name="bin_normalization"),
     "unit_range": lambda: layers.Rescaling(1 / 255, name="to_unit_range"),
 }
 
 
-def input_layers(*, model_input: ModelInput, dtype: str, shape: list[int]) -> list:
-    """The Input of the stored tensor, a channel axis if it has none, and its normalization."""
+def input_layers(*, model_input: ModelInput, dtype: str, shape: list[int], normalization: str | None = None) -> list:
+    """The Input of the stored tensor, a channel axis if it has none, and its normalization (the modality's,
+    or `normalization` when given)."""
     stack = [keras.Input(shape=tuple(shape), dtype=dtype, name=model_input.name)]
     if model_input.add_channel_axis:
         stack.append(layers.Reshape((*shape, 1)))
-    return stack + [NORMALIZATIONS[model_input.normalization]()]
+    return stack + [NORMALIZATIONS[normalization or model_input.normalization]()]
 
 
 def output_layer(num_classes: int) -> layers.Layer:
@@ -69,7 +75,8 @@ NETWORKS = {"seed": seed_network, "wide": wide_network}
 
 
 def build_model(*, name: str, modality: str, shape: list[int], num_classes: int, learning_rate: float,
-                decay_steps: int = 0, label_smoothing: float = 0.0, jit_compile: bool | str = "auto") -> keras.Model:
+                decay_steps: int = 0, label_smoothing: float = 0.0, jit_compile: bool | str = "auto",
+                normalization: str | None = None) -> keras.Model:
     """A compiled model: stored tensor batch -> float32 class probabilities [batch, num_classes].
 
     RMSprop, its step size cosine-decayed to 0 over `decay_steps` (0: constant), and
@@ -77,7 +84,8 @@ def build_model(*, name: str, modality: str, shape: list[int], num_classes: int,
     policy the layers compute in float16 and Keras scales the loss (LossScaleOptimizer).
     """
     spec = get_modality(modality)
-    model = keras.Sequential(input_layers(model_input=spec.model_input, dtype=spec.tensor_dtype, shape=shape)
+    model = keras.Sequential(input_layers(model_input=spec.model_input, dtype=spec.tensor_dtype, shape=shape,
+                                          normalization=normalization)
                              + NETWORKS[name](num_classes), name=f"{name}_{modality}")
     if decay_steps:
         # A function of the optimizer's step count, which BackupAndRestore restores: resumes exactly.

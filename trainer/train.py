@@ -118,7 +118,8 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
         model = build_model(name=config.model, modality=manifest.modality, shape=manifest.tensor_shape,
                             num_classes=len(manifest.labels), learning_rate=config.learning_rate,
                             decay_steps=config.epochs * steps if config.schedule == "cosine" else 0,
-                            label_smoothing=config.label_smoothing, jit_compile=jit_compile)
+                            label_smoothing=config.label_smoothing, jit_compile=jit_compile,
+                            normalization=config.normalization or None)
     if multi_worker:
         distribute.barrier(strategy)  # the chief has written the run's settings; its backup is what all restore
     counts = ", ".join(f"{split} {info.num_examples}" for split, info in manifest.splits.items())

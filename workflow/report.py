@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from beam_jobs.modalities import MODALITIES  # noqa: E402
+from beam_jobs.modalities.config import UNKNOWN_LABEL  # noqa: E402
 from beam_jobs.table.layout import ERRORS_NAME, DataFolder  # noqa: E402
 from beam_jobs.table.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.table.raw_files import held_out_by_label  # noqa: E402
@@ -126,6 +127,36 @@ def _metrics_section(title: str, metrics: dict, pictures: list[str]) -> str:
             f"{_table(['class', 'precision', 'recall', 'F1', 'support'], rows)}</details>")
 
 
+def per_voice_section(*, model_dir: Path, raw_dir: Path) -> str:
+    """A table of the model's accuracy on each voice of a spoken corpus (the words; and _unknown_'s recall),
+    from the voices its corpus.json names; empty when it names none (a corpus built before they were kept)."""
+    record_path = raw_dir / "corpus.json"
+    voices = json.loads(record_path.read_text()).get("voices") if record_path.exists() else None
+    if not voices:
+        return ""
+    predictor = Predictor.from_model_dir(str(model_dir))
+    paths, truths = [], []
+    for path in sorted(raw_dir.glob("*/*.wav")):
+        folder = path.parent.name
+        truth = folder if folder in predictor.labels else UNKNOWN_LABEL
+        if truth in predictor.labels and path.name.split("_nohash_")[0] in voices:
+            paths.append(path)
+            truths.append(truth)
+    predicted = np.argmax(predictor.predict_tensors(np.stack([predictor.featurize(path.read_bytes())
+                                                              for path in paths])), axis=1)
+    scores = {}  # voice -> [words right, words, unknown right, unknown]
+    for path, truth, index in zip(paths, truths, predicted):
+        score = scores.setdefault(voices[path.name.split("_nohash_")[0]], [0, 0, 0, 0])
+        offset = 2 if truth == UNKNOWN_LABEL else 0
+        score[offset] += predictor.labels[index] == truth
+        score[offset + 1] += 1
+    rows = [[voice, f"{right / total:.3f} ({total})" if total else "-",
+             f"{unknown_right / unknown:.3f} ({unknown})" if unknown else "-"]
+            for voice, (right, total, unknown_right, unknown) in sorted(scores.items())]
+    return "<p>Per voice:</p>" + _table(["voice", "the words: accuracy (clips)", f"{UNKNOWN_LABEL}: recall (clips)"],
+                                        rows)
+
+
 def _predictions_section(rows: list[dict], truths: list[str]) -> str:
     table_rows = []
     for row, truth in zip(rows, truths):
@@ -168,6 +199,8 @@ def write_report(*, data_dir: Path, models_dir: Path, out: Path, predict_samples
                 pictures.append(name)
         metrics = json.loads(Path(model_dir.metrics(stem)).read_text())
         sections.append(_metrics_section(title, metrics, pictures))
+        if stem == "festival-test":
+            sections.append(per_voice_section(model_dir=models_dir / modality, raw_dir=data.raw("festival")))
 
     sections.append("<h2>Predictions on held-out files</h2>")
     for modality in manifests:

@@ -244,17 +244,23 @@ def featurize_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
     return featurize_wav_clip(data, config=config)[1]
 
 
+def _noise_recording(data: bytes, *, config: AudioConfig) -> np.ndarray:
+    """A background-noise recording decoded and resampled, float32 [n]; InvalidInputError if under a clip long."""
+    samples, rate = decode_wav(data, config=config)
+    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
+    if samples.size < config.clip_samples:
+        raise InvalidInputError(f"background noise is {samples.size / config.sample_rate:.2f} s long, shorter than "
+                                f"one clip ({config.clip_seconds} s)")
+    return samples
+
+
 def featurize_noise_wav(data: bytes, *, config: AudioConfig) -> np.ndarray:
     """A background-noise recording, whole, as the stored spectrograms are made: float32 [frames, num_bins].
 
     Decoded and resampled like a clip but neither cut nor centred; at least one clip long, else
     InvalidInputError (a shorter recording cannot give a clip-long stretch of noise).
     """
-    samples, rate = decode_wav(data, config=config)
-    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
-    if samples.size < config.clip_samples:
-        raise InvalidInputError(f"background noise is {samples.size / config.sample_rate:.2f} s long, shorter than "
-                                f"one clip ({config.clip_seconds} s)")
+    samples = _noise_recording(data, config=config)
     frames = 1 + (samples.size - config.window_samples) // config.hop_samples
     spectrogram = compute_log_spectrogram(samples, config=config, num_frames=frames)
     if not np.all(np.isfinite(spectrogram)):
@@ -271,11 +277,7 @@ def noise_excerpt_wav(data: bytes, *, config: AudioConfig, key: str, max_volume:
     """
     from scipy.io import wavfile
 
-    samples, rate = decode_wav(data, config=config)
-    samples = resample(samples, from_rate=rate, to_rate=config.sample_rate)
-    if samples.size < config.clip_samples:
-        raise InvalidInputError(f"background noise is {samples.size / config.sample_rate:.2f} s long, shorter than "
-                                f"one clip ({config.clip_seconds} s)")
+    samples = _noise_recording(data, config=config)
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little"))
     start = int(rng.integers(0, samples.size - config.clip_samples + 1))
     excerpt = samples[start:start + config.clip_samples] * np.float32(rng.uniform(0.0, max_volume))

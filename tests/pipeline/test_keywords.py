@@ -11,6 +11,7 @@ import tensorflow as tf
 from beam_jobs import preprocess
 from beam_jobs.inputs.splits import SPLITS
 from beam_jobs.modalities.audio import AudioConfig, featurize_noise_wav, featurize_wav, noise_excerpt_wav
+from beam_jobs.modalities.errors import InvalidInputError
 from beam_jobs.table.layout import SPAN_FILES_NAME
 
 KEYWORDS = ["--wanted_words=a,b", "--unknown_percentage=25", "--silence_percentage=10"]
@@ -126,3 +127,21 @@ def test_bad_keyword_flags_stop_the_run_naming_the_flag(tmp_path, make_tone_tree
         with pytest.raises(SystemExit):
             preprocess.run([f"--audio_root={root}", f"--output_dir={tmp_path / 'out'}", *flags])
         assert message in capsys.readouterr().err
+
+
+def test_a_noise_excerpt_is_one_clip_seeded_by_its_key_and_no_louder_than_its_recording(make_wav):
+    config = AudioConfig()
+    rng = np.random.default_rng(1)
+    recording = make_wav(np.clip(rng.normal(0, 0.3, 48000), -1, 1), rate=16000)
+    first = noise_excerpt_wav(recording, config=config, key="_background_noise_/a.wav#train-0")
+    assert first == noise_excerpt_wav(recording, config=config, key="_background_noise_/a.wav#train-0")
+    assert first != noise_excerpt_wav(recording, config=config, key="_background_noise_/a.wav#train-1")
+    from scipy.io import wavfile
+
+    rate, samples = wavfile.read(io.BytesIO(first))
+    assert rate == 16000 and samples.shape == (config.clip_samples,) and samples.dtype == np.float32
+    assert np.abs(samples).max() <= 1.0 and np.std(samples) <= 0.31
+    short = make_wav(np.zeros(8000), rate=16000)
+    for featurize in (featurize_noise_wav, lambda data, config: noise_excerpt_wav(data, config=config, key="k")):
+        with pytest.raises(InvalidInputError, match=r"background noise is 0.50 s long, shorter than one clip"):
+            featurize(short, config=config)

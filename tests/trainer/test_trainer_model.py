@@ -7,8 +7,9 @@ from keras import layers
 
 from beam_jobs.modalities import config as flags_lib
 from beam_jobs.modalities.config import ConfigError
+from trainer.config import NORMALIZATIONS as config_normalizations
 from trainer.config import TrainConfig
-from trainer.model import build_model
+from trainer.model import NORMALIZATIONS, build_model
 
 
 def layer_summary(model) -> list[tuple]:
@@ -44,6 +45,20 @@ def test_audio_model_takes_spectrograms_and_ignores_loudness(name):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # A gain change adds a constant to a log spectrogram; per-utterance normalization removes it.
     np.testing.assert_allclose(model.predict_on_batch(spectrograms + 3.0), probabilities, atol=1e-5)
+
+
+def test_bin_normalization_ignores_each_bins_fixed_colouring():
+    model = build_model(name="seed", modality="audio", shape=[98, 64], num_classes=5, learning_rate=1e-3,
+                        normalization="standardize_bins")
+    spectrograms = np.random.default_rng(0).normal(size=(3, 98, 64)).astype(np.float32)
+    probabilities = model.predict_on_batch(spectrograms)
+    # A fixed filter (a microphone, a voice's timbre) adds a constant per bin to a log spectrogram.
+    colouring = np.linspace(-4, 4, 64, dtype=np.float32)
+    np.testing.assert_allclose(model.predict_on_batch(spectrograms + colouring), probabilities, atol=1e-5)
+
+
+def test_the_configs_normalization_names_are_the_models():
+    assert set(config_normalizations) == set(NORMALIZATIONS)
 
 
 def test_image_model_takes_uint8_and_rescales_inside():

@@ -41,6 +41,11 @@ def test_quick_main_job_writes_a_complete_report(tmp_path):
             assert picture.width > 100 and picture.height > 100, f"{name} is {picture.size}"
             assert len(set(np.asarray(picture.convert("L")).ravel().tolist())) > 2, f"{name} is blank"
     assert "Pipeline errors (0)" in page
+    assert "<p>Per voice:</p>" in page and "kal_diphone" in page, "the festival voices' accuracy, voice by voice"
+    assert "Keyword spotting: the words " in page and "_silence_ recall" in page
+    noise = json.loads((tmp_path / "models" / "audio" / "metrics-noise-test.json").read_text())
+    assert noise["per_class"]["_silence_"]["support"] == noise["num_examples"] > 0, "every noise clip is silence"
+    assert "noise types never trained on, classified _silence_" in first.stdout
     assert page.count("<h3>") >= 5, "expected three evaluations and two prediction tables"
 
     metrics = json.loads((tmp_path / "models" / "image" / "metrics-test.json").read_text())
@@ -49,7 +54,8 @@ def test_quick_main_job_writes_a_complete_report(tmp_path):
     assert "accuracy, Fashion-MNIST, official test split" in first.stdout
     assert f"--data_dir {tmp_path}/data/tfrecords/image --snapshot 1 --model_dir" in first.stdout, \
         "training pins the snapshot that preprocessing committed"
-    assert page.count("The model was trained on snapshot 1; evaluated on snapshot 1 of ") == 3
+    assert page.count("The model was trained on snapshot 1; evaluated on snapshot 1 of ") == 4, \
+        "the speech test split, festival voices, noise clips and Fashion-MNIST"
 
     second = run_main_job(tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
