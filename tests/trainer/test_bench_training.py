@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from bench import augmentation as augmentation_bench
 from bench import input_pipeline as input_pipeline_bench
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -35,6 +36,13 @@ def test_the_input_pipeline_bench_runs(data_dirs, capsys):
 
     printed = capsys.readouterr().out
     assert "input pipeline alone" in printed and "epoch from shards" in printed, printed
+
+
+def test_the_augmentation_bench_runs(data_dirs, capsys):
+    augmentation_bench.main([f"--data_dir={data_dirs['audio']}", "--rounds=1"])
+
+    printed = capsys.readouterr().out
+    assert "all on / defaults" in printed and "defaults / none" in printed, printed
 
 
 @pytest.fixture(scope="module")
