@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.modalities.audio import _LOG_FLOOR as POWER_FLOOR  # a stored spectrogram is ln(power + floor)
+from beam_jobs.modalities.audio import LOG_FLOOR as POWER_FLOOR  # a stored spectrogram is ln(power + floor)
 
 # Mean power per bin below which a clip is digital silence: far under the floor, above its float32 rounding.
 _SILENT_POWER = 1e-3 * POWER_FLOOR

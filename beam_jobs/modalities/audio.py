@@ -17,7 +17,7 @@ from beam_jobs.modalities.config import option, require
 from beam_jobs.modalities.errors import InvalidInputError
 from beam_jobs.modalities.spec import DemoCorpus, Modality, ModelInput, PreviewPanel
 
-_LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
+LOG_FLOOR = 1e-6  # keeps log() finite on digital silence; a stored spectrogram is ln(power + LOG_FLOOR)
 _SILENCE_DB = 40.0  # frames this far below the loudest frame count as silence when centring
 _MAX_SAMPLE_RATE = 768_000  # the fastest rate recorders use; a higher one is a corrupt header
 # scipy's parser reports corrupt or truncated headers with all of these (found by fuzzing).
@@ -196,7 +196,7 @@ def compute_log_spectrogram(clip: np.ndarray, *, config: AudioConfig, num_frames
         # made featurizing 5-10x slower on busy or shared cores (Beam workers, the trainer's input).
         mel = _mel_matrix(config.sample_rate, config.fft_size, config.num_mel_bins)
         power = np.einsum("fk,km->fm", power, mel)
-    return np.log(power + _LOG_FLOOR).astype(np.float32)
+    return np.log(power + LOG_FLOOR).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
