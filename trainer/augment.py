@@ -19,7 +19,7 @@ from typing import Callable
 import tensorflow as tf
 
 from trainer.config import TrainConfig
-from trainer.noise import POWER_FLOOR, make_noise_mixing
+from trainer.noise import from_power, make_noise_mixing, to_power
 
 _DB_TO_LOG_POWER = 0.2302585  # ln(10) / 10: the spectrogram is ln(power), dB is 10 log10(power)
 _BAND_LIMIT_HZ = (3000.0, 7000.0)  # telephone lines to recorders sampling at 8-16 kHz
@@ -126,7 +126,7 @@ def make_gain(max_db: float) -> Callable | None:
 
     def gain(spectrograms, labels):
         scale = tf.exp(_uniform_per_example(spectrograms, -max_db, max_db) * _DB_TO_LOG_POWER)
-        return _from_power(scale[:, None, None] * _to_power(spectrograms)), labels
+        return from_power(scale[:, None, None] * to_power(spectrograms)), labels
 
     return gain
 
@@ -151,7 +151,7 @@ def make_reverb(probability: float, *, rt60_range: tuple[float, float] = (0.2, 0
         decay = ratio[:, None, None] * tf.exp(-6 * hop_seconds * tf.math.log(10.0) / rt60[:, None, None]
                                               * tf.nn.relu(delay))
         response = tf.where(delay > 0, decay, tf.cast(delay == 0, tf.float32))  # [batch, frames, frames]
-        reverberant = _from_power(tf.einsum("bts,bsf->btf", response, _to_power(spectrograms)))
+        reverberant = from_power(tf.einsum("bts,bsf->btf", response, to_power(spectrograms)))
         return _where_chosen(probability, reverberant, spectrograms), labels
 
     return reverb
@@ -174,7 +174,7 @@ def make_band_limit(probability: float, *, sample_rate: int = 16000, low_hz: flo
         cutoff_bin = (_hz_to_mel(_uniform_per_example(spectrograms, *_BAND_LIMIT_HZ)) - low) / spacing - 1
         above = tf.cast(tf.range(bins), tf.float32)[None, :] - cutoff_bin[:, None]
         keep = tf.clip_by_value(1 - above / _ROLL_OFF_BINS, 0.0, 1.0)[:, None, :]  # [batch, 1, bins]
-        limited = _from_power(keep * _to_power(spectrograms))
+        limited = from_power(keep * to_power(spectrograms))
         # Bins below the cutoff stay exactly as they were, not as exp and log give them back.
         return _where_chosen(probability, tf.where(keep < 1, limited, spectrograms), spectrograms), labels
 
@@ -240,16 +240,6 @@ def _where_chosen(probability: float, changed, spectrograms):
     """`changed` for each clip with `probability`, the clip itself otherwise."""
     chosen = tf.random.uniform([tf.shape(spectrograms)[0]]) < probability
     return tf.where(chosen[:, None, None], changed, spectrograms)
-
-
-def _to_power(spectrograms):
-    """The power of stored ln(power + floor) spectrograms, without the floor."""
-    return tf.nn.relu(tf.exp(spectrograms) - POWER_FLOOR)
-
-
-def _from_power(power):
-    """Power back to a spectrogram as stored: ln(power + floor)."""
-    return tf.math.log(power + POWER_FLOOR)
 
 
 def _hz_to_mel(hz):

@@ -19,6 +19,16 @@ from beam_jobs.modalities.audio import LOG_FLOOR as POWER_FLOOR  # a stored spec
 _SILENT_POWER = 1e-3 * POWER_FLOOR
 
 
+def to_power(spectrograms):
+    """The power of stored ln(power + floor) spectrograms, without the floor."""
+    return tf.nn.relu(tf.exp(spectrograms) - POWER_FLOOR)
+
+
+def from_power(power):
+    """Power back to a spectrogram as stored: ln(power + floor)."""
+    return tf.math.log(power + POWER_FLOOR)
+
+
 def load_background_noise(manifest, data_dir: str) -> list[np.ndarray]:
     """The manifest's background-noise spectrograms, float32 [frames_i, bins] each, from `data_dir` (or gs://).
 
@@ -71,7 +81,7 @@ def make_noise_mixing(noises: list[np.ndarray], *, probability: float,
         offset = tf.cast(tf.random.uniform([batch]) * fitting_starts, tf.int32)
         window = tf.gather(power, (tf.gather(starts, recording) + offset)[:, None] + tf.range(frames)[None, :])
         clip = tf.exp(spectrograms)
-        clip_power = tf.reduce_sum(tf.nn.relu(clip - POWER_FLOOR), axis=[1, 2])
+        clip_power = tf.reduce_sum(to_power(spectrograms), axis=[1, 2])
         silent = tf.cast(frames * bins, tf.float32) * _SILENT_POWER
         noise_power = tf.maximum(tf.reduce_sum(window, axis=[1, 2]), silent)
         snr = tf.random.uniform([batch], *snr_db)

@@ -70,11 +70,6 @@ class JobConfig:
     def noise_dataset(self) -> Path:
         return self.noise_records / "audio"
 
-    @property
-    def audio_labels(self) -> list[str]:
-        """The speech model's vocabulary: silence, unknown and the words, as the pipeline sorts them."""
-        return sorted([SILENCE_LABEL, UNKNOWN_LABEL, *self.word_list])
-
     def datasets(self) -> list[Path]:
         """Every dataset folder the job trains or evaluates on."""
         return [self.data.dataset(modality) for modality in MODALITIES] + [self.festival_dataset, self.noise_dataset]
@@ -314,7 +309,7 @@ def main(argv=None) -> None:
     data_stages = build_data_stages(job)
     # The later stages are built once the data is there, to take its vocabulary and name its snapshots;
     # built here only to count them.
-    total = (len(data_stages) + len(build_test_set_stages(job, audio_labels=job.audio_labels))
+    total = (len(data_stages) + len(build_test_set_stages(job, audio_labels=[]))
              + len(build_model_stages(job, snapshots={})))
     for number, stage in enumerate(data_stages, start=1):
         run_stage(stage, number=number, total=total)

@@ -35,7 +35,7 @@ from beam_jobs.table.runs import snapshots_in_use
 
 def list_modality(settings: Settings, modality: str) -> tuple[list[ListedFile], dict[str, int]]:
     return list_input_files(settings.roots[modality], extensions=settings.specs[modality].extensions,
-                            split_config=settings.split_config, noise=settings.has_noise(modality))
+                            split_config=settings.split_config, noise=settings.takes_background_noise(modality))
 
 
 def plan_modality(settings: Settings, modality: str) -> ModalityPlan:
@@ -89,7 +89,7 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, span
         return ModalityOutcome(plan=plan, manifest=plan.base, expired=expired)
     spans = plan.kept_spans + ([span] if span else [])
     template = manifest_template(plan.modality, settings, labels=plan.labels, created=created)
-    if settings.has_noise(plan.modality):
+    if settings.takes_background_noise(plan.modality):
         template = dataclasses.replace(template, keywords=keyword_fields(settings.keywords_of(plan.modality)),
                                        background_noise=store_background_noise(
                                            plan, spec=settings.specs[plan.modality],

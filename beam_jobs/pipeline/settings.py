@@ -67,13 +67,13 @@ class Settings:
         """The specs of the modalities asked for, in registry order."""
         return {name: MODALITIES[name] for name in self.roots}
 
-    def has_noise(self, modality: str) -> bool:
-        """Whether the modality has background noise (ROOT/_background_noise_), and so --silence_percentage."""
+    def takes_background_noise(self, modality: str) -> bool:
+        """Whether the modality takes background noise (ROOT/_background_noise_), and so --silence_percentage."""
         return MODALITIES[modality].featurize_noise is not None
 
     def keywords_of(self, modality: str) -> KeywordConfig | None:
         """The keyword classes of `modality`: --wanted_words and the rest apply to modalities with noise."""
-        return self.keywords if self.has_noise(modality) else None
+        return self.keywords if self.takes_background_noise(modality) else None
 
     def dataset_dir(self, modality: str) -> str:
         return dataset_dir(self.output_dir, modality)
