@@ -2,6 +2,10 @@
 
   model.keras            the best model by validation accuracy (the checkpoint)
   saved_model/           the same model exported for serving: stored tensor batch -> probabilities
+  serving/               the serving model on raw input (file bytes, waveforms), featurizer inside
+                         (`trainer.export`)
+  litert/                model_float32.tflite, model_int8.tflite and labels.txt: the raw-input model for
+                         LiteRT (TFLite) on devices
   dataset.json           the manifest of the snapshot trained on: vocabulary and featurization for prediction
   history.json           per-epoch metrics and seconds; written last, it marks training finished
   train_config.json      the settings of the run, its snapshot among them, checked when an interrupted run
@@ -42,6 +46,22 @@ class ModelDir:
         return self._join("saved_model")
 
     @property
+    def serving(self) -> str:
+        return self._join("serving")
+
+    @property
+    def litert(self) -> str:
+        return self._join("litert")
+
+    def litert_model(self, kind: str) -> str:
+        """litert/model_<kind>.tflite, kind "float32" or "int8"."""
+        return self._join(f"litert/model_{kind}.tflite")
+
+    @property
+    def litert_labels(self) -> str:
+        return self._join("litert/labels.txt")
+
+    @property
     def manifest(self) -> str:
         return self._join(MANIFEST_NAME)
 
@@ -77,7 +97,7 @@ class ModelDir:
 
     def run_files(self) -> list[str]:
         """Glob patterns of everything train and evaluate write here, for --overwrite."""
-        return [self.model, self.saved_model, self.manifest, self.history, self.train_config, self.epoch_log,
+        return [self.model, self.saved_model, self.serving, self.litert, self.manifest, self.history, self.train_config, self.epoch_log,
                 self.backup, self.logs, self.metrics("*"), self.confusion("*"), self.training_curves]
 
     def is_trained(self) -> bool:

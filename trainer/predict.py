@@ -2,13 +2,18 @@
 
     python -m trainer.predict --model_dir models/audio clip.wav other.wav --top_k 3 [--json]
 
-Files are featurized by `DatasetManifest.featurize`, the very functions the Beam
-pipeline used, with the featurization stored beside the model: no training /
-serving skew. TensorFlow's start-up notes stay hidden (see `trainer`). An unreadable file gets a one-line message (path: reason) on
+Predictions come from the model folder's serving model (`serving/`, written by
+`trainer.export`), whose graph featurizes raw input as the Beam pipeline did,
+with the featurization of the training snapshot: what this prints, the app and
+the report show is what a deployed model answers. Files are read by the
+pipeline's readers first (`raw_input`): a WAV in any encoding or rate becomes a
+waveform at the model's rate, an image any format Pillow reads. TensorFlow's
+start-up notes stay hidden (see `trainer`). An unreadable file gets a one-line message (path: reason) on
 stderr, or {"path", "error"} with --json; the other files are still predicted
 and the exit status is 1.
 """
 import argparse
+import io
 import json
 import sys
 
@@ -21,7 +26,7 @@ from trainer.model_dir import ModelDir
 
 
 class Predictor:
-    """A trained model with its label vocabulary and featurization, loaded once.
+    """A trained model's serving model with its label vocabulary and featurization, loaded once.
 
     Attributes:
       labels: the class names, in the model's output order.
@@ -29,33 +34,33 @@ class Predictor:
       manifest: the manifest of the snapshot the model was trained on (vocabulary and featurization).
     """
 
-    def __init__(self, *, saved_model, manifest: DatasetManifest):
-        self._saved_model = saved_model  # holds the variables `serve` reads
+    def __init__(self, *, serving, manifest: DatasetManifest):
+        self._serving = serving  # holds the variables its signatures read
         self.manifest = manifest
         self.labels = list(manifest.labels)
         self.modality = manifest.modality
 
     @classmethod
     def from_model_dir(cls, model_dir: str) -> "Predictor":
-        """Loads `model_dir/saved_model` (faster to load and call than model.keras) and `dataset.json`.
+        """Loads `model_dir/serving` and `dataset.json`.
 
         That dataset.json is the model's own copy of its snapshot's manifest: a prediction never reads
         the dataset, so a re-ingest that changes the featurization cannot change what the model gets.
         """
         layout = ModelDir(model_dir)
-        for path in (layout.manifest, layout.saved_model):
-            if not tf.io.gfile.exists(path):
-                raise FileNotFoundError(f"{path} not found: is {model_dir} the --model_dir of a finished "
-                                        f"`python -m trainer.train` run?")
+        if not tf.io.gfile.exists(layout.manifest):
+            raise FileNotFoundError(f"{layout.manifest} not found: is {model_dir} the --model_dir of a finished "
+                                    f"`python -m trainer.train` run?")
+        if not tf.io.gfile.exists(layout.serving):
+            raise FileNotFoundError(f"{layout.serving} not found: the model was trained before serving models were "
+                                    f"exported; write it with python -m trainer.export --model_dir {model_dir}")
         with tf.io.gfile.GFile(layout.manifest) as manifest_file:
             manifest = DatasetManifest.from_json(manifest_file.read())
-        return cls(saved_model=tf.saved_model.load(layout.saved_model), manifest=manifest)
+        return cls(serving=tf.saved_model.load(layout.serving), manifest=manifest)
 
     def featurize(self, data: bytes) -> np.ndarray:
-        """Raw file bytes -> the stored tensor (the modality's tensor_dtype, manifest.tensor_shape).
-
-        Raises InvalidInputError for a file that cannot be used.
-        """
+        """Raw file bytes -> the stored tensor by the pipeline's NumPy featurizer (the modality's tensor_dtype,
+        manifest.tensor_shape). Raises InvalidInputError for a file that cannot be used."""
         return self.manifest.featurize(data)
 
     def preview(self, data: bytes) -> list:
@@ -64,7 +69,12 @@ class Predictor:
 
     def predict_tensors(self, tensors: np.ndarray) -> np.ndarray:
         """Stored tensors [batch, *tensor_shape] -> float32 probabilities [batch, len(labels)]."""
-        return self._saved_model.serve(tf.constant(tensors, dtype=self.manifest.tensor_dtype)).numpy()
+        tensors = tf.constant(tensors, dtype=self.manifest.tensor_dtype)
+        return self._serving.signatures["features"](tensors)["probabilities"].numpy()
+
+    def predict_raw(self, inputs: list) -> np.ndarray:
+        """`raw_input`s of files -> float32 probabilities [len(inputs), len(labels)], by the serving model."""
+        return predict_raw(self._serving, inputs)
 
     def top(self, probabilities: np.ndarray, *, top_k: int = 5) -> list[dict]:
         """Probabilities [len(labels)] -> [{"label": str, "probability": float}, ...], best first."""
@@ -73,8 +83,57 @@ class Predictor:
 
     def predict_bytes(self, data: bytes, *, top_k: int = 5) -> list[dict]:
         """Raw file bytes -> the top_k labels with probabilities, best first. Raises InvalidInputError."""
-        probabilities = self.predict_tensors(self.featurize(data)[None])[0]
+        probabilities = self.predict_raw([raw_input(self.manifest, data)])[0]
         return self.top(probabilities, top_k=top_k)
+
+
+def raw_input(manifest: DatasetManifest, data: bytes):
+    """A file's bytes as the serving model takes them, read by the pipeline's readers.
+
+    Audio: the waveform, float32 [n] at the model's rate (any WAV encoding and rate the pipeline
+    reads, decoded and resampled by it). Images: bytes the serving model decodes (PNG, JPEG, GIF, BMP
+    of 8-bit pixels as stored; anything else Pillow reads, re-encoded as PNG without loss).
+    Raises InvalidInputError, with the pipeline's reasons, for a file the pipeline would not take.
+    """
+    config = manifest.featurizer_config()
+    if manifest.modality == "audio":
+        from beam_jobs.modalities import audio
+
+        samples, rate = audio.decode_wav(data, config=config)
+        return audio.resample(samples, from_rate=rate, to_rate=config.sample_rate)
+    from beam_jobs.modalities import image as image_lib
+
+    decoded = image_lib.decode_image(data, config=config)
+    if decoded.format in _SERVED_IMAGE_FORMATS and decoded.mode in _SERVED_IMAGE_MODES:
+        return data
+    converted = image_lib._to_8bit(decoded)
+    if converted.mode not in _SERVED_IMAGE_MODES:
+        converted = converted.convert("RGBA" if "A" in converted.mode else "RGB")
+    output = io.BytesIO()
+    converted.save(output, format="PNG")
+    return output.getvalue()
+
+
+_SERVED_IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")  # what tf.io.decode_image reads
+_SERVED_IMAGE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit pixels it decodes as Pillow does
+
+
+def predict_raw(serving, inputs: list) -> np.ndarray:
+    """`raw_input`s -> float32 probabilities [len(inputs), classes] from a loaded serving model.
+
+    Waveforms go through `padded_waveform` in one zero-padded batch, image bytes through `serving_default`.
+    """
+    if not inputs:
+        raise ValueError("nothing to predict")
+    if isinstance(inputs[0], np.ndarray):
+        lengths = np.array([len(waveform) for waveform in inputs], dtype=np.int32)
+        padded = np.zeros([len(inputs), max(int(lengths.max()), 1)], dtype=np.float32)
+        for row, waveform in enumerate(inputs):
+            padded[row, :len(waveform)] = waveform
+        outputs = serving.signatures["padded_waveform"](waveform=tf.constant(padded), length=tf.constant(lengths))
+    else:
+        outputs = serving.signatures["serving_default"](bytes=tf.constant(inputs))
+    return outputs["probabilities"].numpy()
 
 
 def _read(path: str) -> bytes:

@@ -30,6 +30,7 @@ from beam_jobs.modalities import config as config_lib
 from beam_jobs.modalities.config import ConfigError
 from beam_jobs.table.manifest import SnapshotNotFoundError, SnapshotRemovedError
 from trainer import distribute
+from trainer import export as export_lib
 from trainer.augment import make_augmentation
 from trainer.config import JIT_COMPILE, TrainConfig
 from trainer.data import (DatasetReadError, load_manifest, make_dataset, make_worker_dataset, naming_bad_shards,
@@ -43,10 +44,12 @@ MONITOR = "val_accuracy"
 
 
 def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool = False,
-          snapshot: int | None = None) -> dict:
+          snapshot: int | None = None, export: str = "all") -> dict:
     """Trains (or resumes) on a snapshot of `data_dir` and writes the model_dir artifacts; returns the history.
 
     `snapshot` None means the current snapshot, or, when resuming, the one the run started on.
+    `export` is what `trainer.export` writes when training ends: "all" (serving/ and litert/),
+    "serving" (serving/ only) or "none".
     Under a TF_CONFIG cluster every worker calls this; only the chief (worker 0) writes into
     `model_dir`, and the other workers return {}.
     """
@@ -84,14 +87,14 @@ def train(*, data_dir: str, model_dir: str, config: TrainConfig, overwrite: bool
 
     with _precision_policy(config.mixed_precision):
         history = _fit(manifest=manifest, data_dir=data_dir, layout=layout, config=config, strategy=strategy,
-                       role=role)
+                       role=role, export=export)
     if role.num_workers > 1:
         distribute.barrier(strategy)  # the others exit only once the chief has written everything
     return history
 
 
 def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, strategy: tf.distribute.Strategy,
-         role: distribute.Role) -> dict:
+         role: distribute.Role, export: str) -> dict:
     """Builds the model under `strategy`, fits it with the callbacks of `role` and, on the chief, exports it."""
     multi_worker = role.num_workers > 1  # make_strategy gives MultiWorkerMirroredStrategy exactly then
     keras.utils.set_random_seed(config.seed)
@@ -212,13 +215,17 @@ def _fit(*, manifest, data_dir: str, layout: ModelDir, config: TrainConfig, stra
     # The pinned snapshot's manifest, not the dataset's pointer, which a re-ingest may have moved on.
     with tf.io.gfile.GFile(layout.manifest, "w") as manifest_file:
         manifest_file.write(manifest.to_json())
+    exported = None
+    if export != "none":
+        exported = export_lib.export(layout.path, model=best_model, litert=export == "all", require_int8=False)
     history = _history(_read_epoch_log(layout.epoch_log))
     _write_json(layout.history, history)
     tf.io.gfile.rmtree(layout.backup)
     print(f"Done: best {MONITOR} {history['best_val_accuracy']:.4f} at epoch {history['best_epoch']} of "
           f"{len(history['epoch'])} ({history['total_seconds'] / 60:.1f} min of training on {manifest.describe()}). "
           f"Wrote {layout.model}, "
-          f"{layout.saved_model}, {layout.manifest}, {layout.history}; TensorBoard logs in {layout.logs}.")
+          f"{layout.saved_model}, {layout.manifest}, {layout.history}"
+          f"{'' if exported is None else ', ' + exported.describe()}; TensorBoard logs in {layout.logs}.")
     return history
 
 
@@ -348,6 +355,9 @@ def main(argv=None) -> int:
                      help="train on snapshot ID of --data_dir (default: the current one; when resuming, the one "
                           "the run started on); python -m beam_jobs.snapshots DATA_DIR lists them")
     run.add_argument("--overwrite", action="store_true", help="delete a previous run in --model_dir and retrain")
+    run.add_argument("--export", choices=("all", "serving", "none"), default="all",
+                     help="what trainer.export writes when training ends: serving/ (the SavedModel on raw input) "
+                          "and litert/ (float32 and int8 LiteRT models), serving/ only, or none (default: all)")
     run.add_argument("--workers", type=int, default=1, metavar="N",
                      help="train data-parallel in N worker processes on this machine (a loopback cluster); "
                           "on a real cluster set TF_CONFIG on each machine instead (README) (default: 1)")
@@ -368,7 +378,7 @@ def main(argv=None) -> int:
                                             num_workers=flags.workers)
     try:
         train(data_dir=flags.data_dir, model_dir=flags.model_dir, config=config, overwrite=flags.overwrite,
-              snapshot=flags.snapshot)
+              snapshot=flags.snapshot, export=flags.export)
     except (ConfigError, DatasetReadError, SnapshotNotFoundError, SnapshotRemovedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

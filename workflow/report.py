@@ -28,11 +28,12 @@ from beam_jobs.table.manifest import DatasetManifest  # noqa: E402
 from beam_jobs.table.raw_files import held_out_by_label  # noqa: E402
 from trainer import plots  # noqa: E402
 from trainer.model_dir import ModelDir, describe_snapshots  # noqa: E402
-from trainer.predict import Predictor  # noqa: E402
+from trainer.predict import Predictor, raw_input  # noqa: E402
 from workflow.main import keyword_line, read_manifest  # noqa: E402
 
 _SPLIT_COLORS = {"train": "#4c72b0", "validation": "#dd8452", "test": "#55a868"}
 GRID_PER_CLASS = 8  # held-out images per class in a grid of pixel previews
+_BATCH = 256  # files per call of the serving model: its padded batch of waveforms stays a few MB
 
 
 def plot_label_examples(manifest: DatasetManifest, files: dict[str, list[Path]], *, out: Path) -> list[str]:
@@ -142,8 +143,10 @@ def per_voice_section(*, model_dir: Path, raw_dir: Path) -> str:
         if truth in predictor.labels and path.name.split("_nohash_")[0] in voices:
             paths.append(path)
             truths.append(truth)
-    predicted = np.argmax(predictor.predict_tensors(np.stack([predictor.featurize(path.read_bytes())
-                                                              for path in paths])), axis=1)
+    predicted = np.concatenate([
+        np.argmax(predictor.predict_raw([raw_input(predictor.manifest, path.read_bytes())
+                                         for path in paths[start:start + _BATCH]]), axis=1)
+        for start in range(0, len(paths), _BATCH)])
     scores = {}  # voice -> [words right, words, unknown right, unknown]
     for path, truth, index in zip(paths, truths, predicted):
         score = scores.setdefault(voices[path.name.split("_nohash_")[0]], [0, 0, 0, 0])
