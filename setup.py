@@ -16,7 +16,9 @@ WORKER_REQUIRES = [
     "scipy>=1.11",
 ]
 
-TRAINER_TOOLS = ["tensorboard>=2.16", "matplotlib>=3.8"]  # TensorBoard logs need the tensorboard package
+# TensorBoard logs need the tensorboard package; trainer.export runs the LiteRT interpreter (ai-edge-litert, which
+# replaces tf.lite.Interpreter) to quantize the int8 model selectively.
+TRAINER_TOOLS = ["tensorboard>=2.16", "matplotlib>=3.8", "ai-edge-litert>=2.0"]
 
 EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]>=2.60"],

@@ -210,7 +210,7 @@ def representative_inputs(*, manifest: DatasetManifest, data_dir: str, count: in
     config = manifest.featurizer_config()
     inputs, missing = [], []
     for _, path, example_id in examples:
-        data = _read_source(manifest, path, example_id)
+        data = read_source(manifest, path, example_id)
         if data is None:
             missing.append(path)
             continue
@@ -244,7 +244,7 @@ def _training_examples(*, manifest: DatasetManifest, data_dir: str, count: int) 
                 yield tensor, source.decode(), example_id.decode()
 
 
-def _read_source(manifest: DatasetManifest, relative_path: str, example_id: str) -> bytes | None:
+def read_source(manifest: DatasetManifest, relative_path: str, example_id: str) -> bytes | None:
     """The bytes the record was made from, or None when no input root holds them unchanged."""
     from beam_jobs.console import logs
 

@@ -243,3 +243,12 @@ def test_export_rewrites_the_folder_and_says_why_int8_is_missing(model_dirs, tmp
     exported = export_lib.export(str(copy), require_int8=False)
     assert "no int8 model" in exported.note
     assert sorted(p.name for p in (copy / "litert").iterdir()) == ["labels.txt", "model_float32.tflite"]
+
+
+def test_the_serving_bench_runs(model_dirs, capsys):
+    from bench import serving as serving_bench
+
+    for path in model_dirs.values():
+        serving_bench.main([f"--model_dir={path}", "--latency_clips=5"])
+        printed = capsys.readouterr().out
+        assert "parity: same argmax" in printed and "LiteRT int8: accuracy" in printed, printed
