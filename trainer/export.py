@@ -296,7 +296,7 @@ def export(model_dir: str, *, representative_examples: int = 200, litert: bool =
                                     f"`python -m trainer.train` run?")
     with tf.io.gfile.GFile(layout.manifest) as manifest_file:
         manifest = DatasetManifest.from_json(manifest_file.read())
-    model = model or keras.saving.load_model(layout.model)
+    model = _in_float32(model or keras.saving.load_model(layout.model))
     export_serving(model, manifest, layout.serving)
     files, note = {}, ""
     if litert:
@@ -318,6 +318,19 @@ def export(model_dir: str, *, representative_examples: int = 200, litert: bool =
         # One folder swapped in whole: an int8 model of an earlier export never sits beside a new float one.
         _replace_dir(layout.litert, lambda partial: _write_litert(partial, files, manifest.labels))
     return Exported(serving=layout.serving, litert={kind: layout.litert_model(kind) for kind in files}, note=note)
+
+
+def _in_float32(model):
+    """`model`, or for one trained under mixed precision a float32 copy with its weights (kept in float32 by
+    Keras anyway): servers and devices without fast float16 get float32, and LiteRT converts it."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = keras.models.clone_model(
+        model, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _write_litert(folder: str, models: dict[str, bytes], labels: list[str]) -> None:
