@@ -104,18 +104,20 @@ def raw_input(manifest: DatasetManifest, data: bytes):
     from beam_jobs.modalities import image as image_lib
 
     decoded = image_lib.decode_image(data, config=config)
-    if decoded.format in _SERVED_IMAGE_FORMATS and decoded.mode in _SERVED_IMAGE_MODES:
+    if decoded.mode in _SERVED_IMAGE_MODES.get(decoded.format, ()):
         return data
     converted = image_lib._to_8bit(decoded)
-    if converted.mode not in _SERVED_IMAGE_MODES:
+    if converted.mode not in _SERVED_IMAGE_MODES["PNG"]:
         converted = converted.convert("RGBA" if "A" in converted.mode else "RGB")
     output = io.BytesIO()
     converted.save(output, format="PNG")
     return output.getvalue()
 
 
-_SERVED_IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")  # what tf.io.decode_image reads
-_SERVED_IMAGE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit pixels it decodes as Pillow does
+# What tf.io.decode_image decodes as Pillow does, by format and Pillow mode. TensorFlow's BMP decoder reads a
+# palette BMP's indices as gray levels and refuses 1-bit ones; 16-bit PNGs, CMYK JPEGs and WEBP are not its.
+_SERVED_IMAGE_MODES = {"PNG": ("1", "L", "LA", "P", "RGB", "RGBA"), "JPEG": ("L", "RGB"),
+                       "GIF": ("L", "P", "RGB", "RGBA"), "BMP": ("RGB", "RGBA")}
 
 
 def predict_raw(serving, inputs: list) -> np.ndarray:

@@ -12,11 +12,12 @@ that do not set the variable pass every point at the cost of one lookup.
   span_written   the pipeline has written the new span; nothing is committed yet
   committed      the snapshot's manifest is created; the pointer still names the base
   pointer_moved  the pointer names the new snapshot; retention and clean-up have not run
+  predictions_written  trainer.batch_predict has written and checked its output; nothing is committed yet
 """
 import os
 import time
 
-POINTS = ("featurizing", "span_written", "committed", "pointer_moved")
+POINTS = ("featurizing", "span_written", "committed", "pointer_moved", "predictions_written")
 
 
 def pause_if_asked(point: str) -> None:

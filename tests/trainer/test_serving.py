@@ -132,7 +132,9 @@ def _image_variants(png: bytes) -> dict[str, bytes]:
     for name, image, fmt, options in [
             ("gray png", gray, "PNG", {}), ("rgb png", rgb, "PNG", {}), ("rgba png", rgba, "PNG", {}),
             ("palette png", rgb.convert("P"), "PNG", {}), ("la png", rgba.convert("LA"), "PNG", {}),
-            ("bmp", rgb, "BMP", {}), ("gif", gray, "GIF", {}), ("jpeg", rgb, "JPEG", {"quality": 95}),
+            ("bmp", rgb, "BMP", {}), ("palette bmp", rgb.convert("P"), "BMP", {}), ("1-bit bmp", gray.convert("1"),
+                                                                                 "BMP", {}),
+            ("gif", gray, "GIF", {}), ("jpeg", rgb, "JPEG", {"quality": 95}),
             ("16-bit png", gray.convert("I;16"), "PNG", {}), ("webp", rgb, "WEBP", {"lossless": True}),
             ("larger png", rgb.resize((56, 84)), "PNG", {})]:
         buffer = io.BytesIO()
