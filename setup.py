@@ -30,7 +30,8 @@ EXTRAS_REQUIRE = {
     "app": ["voila>=0.5", "ipywidgets>=8.1", "ipykernel>=6.29", "matplotlib>=3.8"],
     "test": ["pytest>=8", "playwright>=1.45", "tfrecord>=1.14", "crc32c>=2.3", "tensorflow-datasets>=4.9",
              "apache-beam[dask]>=2.60", "distributed>=2024.1",
-             "apache-beam[aws]>=2.60", "moto[server]>=5.1"],  # moto: an S3 server that honours If-None-Match
+             "apache-beam[aws]>=2.60", "moto[server]>=5.1",  # moto: an S3 server that honours If-None-Match
+             "datasets>=5.2"],  # Hugging Face datasets: bench.preprocess's "hf datasets" engine, in its smoke test
 }
 
 setuptools.setup(

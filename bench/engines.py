@@ -15,6 +15,9 @@
                   long-lived processes started before the run (`services`); the architecture of
                   Dataflow Runner v2 and Flink. Prism 2.77 asks the pool for one SDK worker process
                   per environment, and this pipeline has one.
+  hf datasets     the tool our users would otherwise pick: a Hugging Face `datasets.Dataset` of the
+                  listing, mapped by the same per-file work in 2 processes (`Dataset.map(num_proc=2)`)
+                  and saved as Arrow (`save_to_disk`)
 Every Beam engine gets --in_process_below=0, so that a small corpus, too, goes through its runner.
 """
 import contextlib
@@ -37,6 +40,7 @@ from beam_jobs.inputs.tree import class_folder
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.modalities.config import SplitConfig
 from beam_jobs.modalities.errors import InvalidInputError
+from beam_jobs.modalities.spec import Modality
 from beam_jobs.pipeline.plan import ListedFile, list_input_files
 from beam_jobs.records.from_file import encode_input_file
 from beam_jobs.runners.default import find_prism
@@ -46,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 POOL_PROCESSES = 2
 TASKS_PER_PROCESS = 8  # small enough tasks that neither process idles at the end, few enough shard files
 PRISM_SERVICE = "prism service"
+HF_DATASETS = "hf datasets"
 # Flags of beam_jobs.preprocess per Beam engine; {job_port} and {pool_port} are those of `services`.
 RUNNER_FLAGS = {
     "beam in_memory": ["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
@@ -55,9 +60,13 @@ RUNNER_FLAGS = {
     PRISM_SERVICE: ["--runner=PortableRunner", "--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL",
                     "--environment_config=localhost:{pool_port}"],
 }
-ENGINES = ("loop", "pool 2", *RUNNER_FLAGS)
+ENGINES = ("loop", "pool 2", *RUNNER_FLAGS, HF_DATASETS)
 # Environment variables an engine's process gets on top of this one's.
-ENGINE_ENVIRONMENT = {"beam 2 spawned": {FORK_WORKERS_VARIABLE: "0"}}
+ENGINE_ENVIRONMENT = {"beam 2 spawned": {FORK_WORKERS_VARIABLE: "0"},
+                      HF_DATASETS: {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}}
+# Modules an engine's process imports before its clock starts, as every engine's has imported Beam's; only
+# that engine's: the others' start-up and memory do not pay for them.
+ENGINE_IMPORTS = {HF_DATASETS: ("datasets",)}
 
 
 def list_work(root: Path, *, modality: str) -> tuple[list[ListedFile], dict[str, int]]:
@@ -65,6 +74,16 @@ def list_work(root: Path, *, modality: str) -> tuple[list[ListedFile], dict[str,
     files, _ = list_input_files((str(root),), extensions=MODALITIES[modality].extensions, split_config=SplitConfig())
     labels = sorted({class_folder(file.relative_path) for file in files} - {None})
     return files, index_labels(labels)
+
+
+def encode_listed_file(root: Path, *, relative_path: str, size_bytes: int, split: str, spec: Modality, config,
+                       vocabulary: dict[str, int]) -> bytes:
+    """The serialized Example of one listed file, as the pipeline makes it; InvalidInputError says why it is none."""
+    path = str(root / relative_path)
+    _, serialized = encode_input_file(
+        spec=spec, config=config, relative_path=relative_path, size_bytes=size_bytes, split=split,
+        vocabulary=vocabulary, read=lambda limit: read_at_most(path, limit=limit, expected_bytes=size_bytes))
+    return serialized
 
 
 def encode_files(root: Path, files: list[ListedFile], *, modality: str, vocabulary: dict[str, int],
@@ -76,14 +95,11 @@ def encode_files(root: Path, files: list[ListedFile], *, modality: str, vocabula
     with contextlib.ExitStack() as stack:
         shards = {split: stack.enter_context(open(shard_name.format(split=split), "wb")) for split in SPLITS}
         for file in files:
-            path = str(root / file.relative_path)
             try:
-                _, serialized = encode_input_file(
-                    spec=spec, config=config, relative_path=file.relative_path, size_bytes=file.size_bytes,
-                    split=file.split, vocabulary=vocabulary,
-                    read=lambda limit: read_at_most(path, limit=limit, expected_bytes=file.size_bytes))
+                serialized = encode_listed_file(root, relative_path=file.relative_path, size_bytes=file.size_bytes,
+                                                split=file.split, spec=spec, config=config, vocabulary=vocabulary)
             except InvalidInputError as error:
-                error_rows.append(f"{path}: {error}")
+                error_rows.append(f"{root / file.relative_path}: {error}")
                 continue
             _TFRecordUtil.write_record(shards[file.split], serialized)
             records += 1
@@ -121,6 +137,47 @@ def _encode_task(root: Path, files: list[ListedFile], modality: str, vocabulary:
     return encode_files(root, files, modality=modality, vocabulary=vocabulary, shard_name=shard_name)
 
 
+def hugging_face_datasets(root: Path, out_dir: Path, *, modality: str) -> int:
+    """The per-file work as a Hugging Face `datasets` user writes it: the listing as a Dataset, mapped in
+    batches by POOL_PROCESSES processes, saved to `out_dir` as Arrow. Returns the number of records.
+
+    The saved table has the listing's columns (relative_path, size_bytes, split) and two more: example (the
+    serialized Example, None for a bad file) and error (None, or why the file is no example).
+    """
+    import datasets  # only this engine's process pays for it (ENGINE_IMPORTS)
+
+    files, vocabulary = list_work(root, modality=modality)
+    listing = datasets.Dataset.from_dict({"relative_path": [file.relative_path for file in files],
+                                          "size_bytes": [file.size_bytes for file in files],
+                                          "split": [file.split for file in files]})
+    encoded = listing.map(_encode_batch, batched=True, num_proc=POOL_PROCESSES,
+                          fn_kwargs={"root": root, "modality": modality, "vocabulary": vocabulary})
+    # One process: map has written the table to Arrow already, and save_to_disk's num_proc spawns fresh
+    # interpreters that import this program again (seconds), to copy it.
+    encoded.save_to_disk(str(out_dir))
+    error_rows = [f"{root / path}: {error}" for path, error in zip(encoded["relative_path"], encoded["error"])
+                  if error is not None]
+    (out_dir / "errors.txt").write_text("".join(row + "\n" for row in error_rows))
+    return len(encoded) - len(error_rows)
+
+
+def _encode_batch(batch: dict[str, list], *, root: Path, modality: str,
+                  vocabulary: dict[str, int]) -> dict[str, list]:
+    """A batch of the listing (columns of equal length) -> the columns example and error, for Dataset.map."""
+    spec = MODALITIES[modality]
+    config = spec.config_class()
+    examples, errors = [], []
+    for relative_path, size_bytes, split in zip(batch["relative_path"], batch["size_bytes"], batch["split"]):
+        try:
+            examples.append(encode_listed_file(root, relative_path=relative_path, size_bytes=size_bytes,
+                                               split=split, spec=spec, config=config, vocabulary=vocabulary))
+            errors.append(None)
+        except InvalidInputError as error:
+            examples.append(None)
+            errors.append(str(error))
+    return {"example": examples, "error": errors}
+
+
 def beam_pipeline(root: Path, out_dir: Path, *, modality: str, pipeline_args: list[str]) -> int:
     """beam_jobs.preprocess on `root` with `pipeline_args`. Returns the number of records."""
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own summary would drown the table
@@ -135,6 +192,8 @@ def run_engine(engine: str, *, modality: str, root: Path, out_dir: Path, pipelin
         return plain_loop(root, out_dir, modality=modality)
     if engine == "pool 2":
         return pool_of_processes(root, out_dir, modality=modality)
+    if engine == HF_DATASETS:
+        return hugging_face_datasets(root, out_dir, modality=modality)
     return beam_pipeline(root, out_dir, modality=modality, pipeline_args=pipeline_args)
 
 

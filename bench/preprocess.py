@@ -3,8 +3,9 @@
     python -m bench.preprocess --corpora /tmp/fresh3/data/raw --audio_files 9000 --image_files 70000
 
 For each modality, the engines of bench.engines (loop, pool 2, beam 2 workers, beam 2 spawned, prism,
-prism service; `--engines` picks them, beam in_memory too) run at two sizes: N files (--audio_files, --image_files;
-the demo corpora's sizes by default) and --startup_files (30), taken from <--corpora>/<its demo corpus
+prism service, and hf datasets, the tool our users would otherwise pick; `--engines` picks them, beam
+in_memory too) run at two sizes: N files (--audio_files, --image_files; the demo corpora's sizes by
+default) and --startup_files (30), taken from <--corpora>/<its demo corpus
 folder> (perturbed copies beyond the corpus's size; synthetic files when it is absent), with the
 corpus's split lists (a testing_list.txt naming every tenth file when it has none, as Fashion-MNIST's
 and Speech Commands' trees have). Each line: wall seconds and files/s (the fastest of --repeats runs),
@@ -16,7 +17,8 @@ tree at once, and the seconds the long-lived services took to start (before, not
 Each engine runs in a fresh child process of this script, with its services started afresh, so no
 engine inherits another's heap or warm caches, and the repeats cycle through the engines, so a burst
 of other load on the machine hurts one run of each rather than every run of one engine. The wall time
-starts once the child has imported Python's and Beam's modules, which every engine pays alike.
+starts once the child has imported Python's and Beam's modules, which every engine pays alike (and hf
+datasets' child has imported `datasets`).
 The two sizes split each engine's wall time into a fixed start-up and a rate (t = start-up + files /
 rate): at 30 files the time is almost all start-up.
 Targets at N: (1) the best Beam runner within 1.25 x pool 2's wall time for every modality, (2) its
@@ -24,6 +26,8 @@ fixed start-up <= 2 s; and (3) peak memory flat as the corpus grows: the peak at
 --startup_files about 1.
 """
 import argparse
+import importlib
+import importlib.util
 import io
 import json
 import math
@@ -40,7 +44,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import wavfile
 
-from bench.engines import ENGINE_ENVIRONMENT, ENGINES, REPO, RUNNER_FLAGS, run_engine, services
+from bench.engines import ENGINE_ENVIRONMENT, ENGINE_IMPORTS, ENGINES, REPO, RUNNER_FLAGS, run_engine, services
 from beam_jobs.inputs.splits import LIST_FILES
 from beam_jobs.inputs.tree import classify
 from beam_jobs.modalities import MODALITIES
@@ -52,7 +56,7 @@ CEILING = "pool 2"  # the engine every other one is compared with
 WITHIN_CEILING = 1.25  # target (1): the best runner's wall time at most this many times the pool's
 MAX_STARTUP_SECONDS = 2.0  # target (2)
 FLAT_MEMORY_RATIO = 1.2  # target (3) counts a peak at N up to this many times the peak at the small size as flat
-DEFAULT_ENGINES = "loop,pool 2,beam 2 workers,beam 2 spawned,prism,prism service"
+DEFAULT_ENGINES = "loop,pool 2,beam 2 workers,beam 2 spawned,prism,prism service,hf datasets"
 
 
 def list_inputs(root: Path, extensions: tuple[str, ...]) -> list[Path]:
@@ -195,7 +199,8 @@ class PeakMemory:
 
 
 def bytes_on_disk(out_dir: Path) -> int:
-    return sum(path.stat().st_size for path in out_dir.rglob("*.tfrecord*"))
+    """The bytes of the records an engine wrote: TFRecord shards, or hf datasets' Arrow files."""
+    return sum(path.stat().st_size for pattern in ("*.tfrecord*", "*.arrow") for path in out_dir.rglob(pattern))
 
 
 def children_cpu_seconds() -> float:
@@ -235,12 +240,16 @@ def bench_size(modality: str, *, count: int, engines: list[str], corpora: Path, 
         for engine in engines:
             runs[engine].append(measure(engine, modality=modality, root=root, files=count,
                                         out_dir=work_dir / f"{modality}-{count}" / engine.replace(" ", "_")))
-    return {engine: {**min(engine_runs, key=lambda run: run["seconds"]),
-                     "cpu_seconds": min(run["cpu_seconds"] for run in engine_runs),
-                     "service_seconds": min(run["service_seconds"] for run in engine_runs),
-                     "peak_mib": max(run["peak_mib"] for run in engine_runs),
-                     "processes": max(run["processes"] for run in engine_runs)}
+    return {engine: {**best_of(engine_runs), "service_seconds": min(run["service_seconds"] for run in engine_runs)}
             for engine, engine_runs in runs.items()}
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest of one engine's runs at one size, with the least CPU and the highest peaks of them all."""
+    return {**min(runs, key=lambda run: run["seconds"]),
+            "cpu_seconds": min(run["cpu_seconds"] for run in runs),
+            "peak_mib": max(run["peak_mib"] for run in runs),
+            "processes": max(run["processes"] for run in runs)}
 
 
 HEADER = (f"{'':6} {'files':>6} {'engine':15} {'seconds':>8} {'files/s':>9} {'vs pool':>8} {'CPU s':>8} "
@@ -313,6 +322,11 @@ def parse_engines(parser: argparse.ArgumentParser, value: str) -> list[str]:
         parser.error(f"--engines: unknown {', '.join(map(repr, unknown))}; known: {', '.join(ENGINES)}")
     if CEILING not in engines:
         parser.error(f"--engines={value}: must include {CEILING!r}, which every ratio divides by")
+    for engine in engines:
+        for module in ENGINE_IMPORTS.get(engine, ()):
+            if importlib.util.find_spec(module) is None:
+                parser.error(f"--engines: {engine!r} needs the {module!r} package, which is not installed: "
+                             f"pip install -e '.[test]', or leave {engine!r} out")
     return engines
 
 
@@ -335,6 +349,8 @@ def main(argv=None) -> None:
     parser.add_argument("pipeline_args", nargs="*", help="internal, with --engine, after --")
     args = parser.parse_args(argv)
     if args.engine:
+        for module in ENGINE_IMPORTS.get(args.engine, ()):
+            importlib.import_module(module)
         start = time.perf_counter()
         records = run_engine(args.engine, modality=args.modality, root=Path(args.root), out_dir=Path(args.out_dir),
                              pipeline_args=args.pipeline_args)

@@ -14,15 +14,16 @@ from bench import watch as watch_bench
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
-def test_the_engines_bench_runs_the_pool_and_a_runner_at_two_sizes(tmp_path, capsys):
+def test_the_engines_bench_runs_the_pool_a_runner_and_hf_datasets_at_two_sizes(tmp_path, capsys):
     preprocess_bench.main(["--modalities=audio", "--audio_files=6", "--startup_files=3", "--repeats=1",
-                           "--engines=pool 2,beam 2 workers", f"--corpora={tmp_path / 'none'}",
+                           "--engines=pool 2,beam 2 workers,hf datasets", f"--corpora={tmp_path / 'none'}",
                            f"--work_dir={tmp_path / 'work'}"])
 
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines() if line.startswith("audio ")]
     assert [(row[1], " ".join(row[2:4])) for row in rows] == [
-        ("3", "pool 2"), ("3", "beam 2"), ("6", "pool 2"), ("6", "beam 2")], printed
+        ("3", "pool 2"), ("3", "beam 2"), ("3", "hf datasets"),
+        ("6", "pool 2"), ("6", "beam 2"), ("6", "hf datasets")], printed
     assert "target (1)" in printed and "target (3)" in printed, printed
 
 
