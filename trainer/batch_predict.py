@@ -15,15 +15,20 @@ know are Beam pipeline options, the runner's among them, as for `python -m beam_
                 extensions, `_*` folders skipped but for _silence_ and _unknown_), sorts the files by path and
                 cuts them into batches of --batch_size, written to a work list; with --data_dir, the shards
                 of the split in the dataset's current snapshot
+  ReadWorkUnits a stretch of UNIT_BATCHES lines of the work list (its byte range: only these numbers pass
+                through the runner) -> its batches
   ReadFiles     a batch's files -> [((shard, path, true label), raw input)], one element, and an error row
                 for each file the readers refuse, with their reason (InvalidInputError)
-  ReadRecords   (--data_dir) a shard -> its records' stored tensors in batches of --batch_size
+  ReadRecords   (--data_dir) a stretch of UNIT_BATCHES batches of a shard -> its stored tensors in batches
   Predict       RunInference(KeyedModelHandler(ServingModelHandler).with_no_batching()): each batch through
                 one signature of M/serving (padded_waveform, serving_default for image bytes, features for
                 stored tensors); the key travels with each example
-  WriteFiles    (file name, (path, JSON line)) grouped by file, its lines sorted by path, written whole
-  launcher      reads what was written, checks that every input is in exactly one file, writes
-                summary.json, and commits
+  WriteParts    (file name, (path, JSON line)) buffered per bundle, up to PART_ROWS lines, and written as
+                sorted parts of each output file (no GroupByKey: on FnApiRunner its data would pass
+                through the launcher, whose memory would grow with the output)
+  launcher      merges each file's sorted parts, streaming (a retried bundle's identical rows once),
+                checks in the same pass that every input is in exactly one row (the sorted rows against
+                the sorted listing), writes summary.json, and commits
 
 Output, in --output_dir OUT:
 
@@ -66,11 +71,15 @@ intra-op threads (TF_NUM_INTRAOP_THREADS, unless set), so that N workers do not 
 """
 import argparse
 import dataclasses
+import heapq
+import io
+import itertools
 import json
 import math
 import os
 import resource
 import sys
+import uuid
 
 from beam_jobs.console import logs
 
@@ -101,6 +110,8 @@ from trainer.model_dir import ModelDir  # noqa: E402
 
 BATCH_SIZE = 64  # files per batch: see "Batching" above
 BATCHES_PER_SHARD = 100  # an output shard holds the rows of this many batches (6,400 rows, about 1.5 MB)
+UNIT_BATCHES = 4  # batches a worker takes at a time: 256 files, small enough that 2 workers end together
+PART_ROWS = 4096  # rows a worker buffers before it writes them out as parts: its memory for them is bounded
 SUMMARY_NAME = "summary.json"
 PRINTED_ERRORS = 10  # error rows printed; all of them are in errors.jsonl
 
@@ -176,8 +187,9 @@ class ReadFiles(beam.DoFn):
 
 
 class ReadRecords(beam.DoFn):
-    """(output shard, shard path) -> its records in batches of `batch_size`: [((shard, path, true label), stored
-    tensor [*tensor_shape])], parsed by the trainer's parser (`trainer.data.make_parse`)."""
+    """(output shard, shard path, first record, records) -> those records of the shard in batches of
+    `batch_size`: [((shard, path, true label), stored tensor [*tensor_shape])], parsed by the trainer's
+    parser (`trainer.data.make_parse`)."""
 
     def __init__(self, *, manifest: DatasetManifest, labels: list[str], batch_size: int):
         self._manifest = manifest  # the dataset's
@@ -189,9 +201,10 @@ class ReadRecords(beam.DoFn):
 
         from trainer.data import make_parse
 
-        index, path = shard
+        index, path, start, count = shard
         dtype = np.dtype(self._manifest.tensor_dtype).newbyteorder("<")
-        records = tf.data.TFRecordDataset(path, compression_type=self._manifest.compression or "")
+        records = tf.data.TFRecordDataset(path, compression_type=self._manifest.compression or "").skip(start).take(
+            count)
         for parsed in records.batch(self._batch_size).map(make_parse(("tensor", "path", "label_name"))):
             tensors = np.frombuffer(b"".join(parsed["tensor"].numpy()), dtype=dtype).reshape(
                 [-1, *self._manifest.tensor_shape])
@@ -274,33 +287,102 @@ def format_prediction(keyed_result, *, num_shards: int) -> tuple[str, tuple[str,
     return shard_name(shard, num_shards), (path, json.dumps(row))
 
 
-def write_file(named_lines, *, folder: str) -> str:
-    """(file name, [(path, line)]) -> the file written into `folder`, its lines sorted by path; its name."""
-    name, lines = named_lines
-    write_atomically(f"{folder}/{name}", "".join(line + "\n" for _, line in sorted(lines)).encode("utf-8"))
-    return name
+class WriteParts(beam.DoFn):
+    """(file name, (path, JSON line)) -> parts of the output files in `parts`: PARTS/<file name>/<random>.jsonl,
+    each a run of one file's lines sorted by path, written when PART_ROWS lines are buffered and at the end
+    of a bundle. Yields nothing: the launcher merges the parts (`merge_parts`)."""
+
+    def __init__(self, *, parts: str):
+        self._parts = parts
+        self._buffer: dict[str, list] = {}
+        self._buffered = 0
+
+    def start_bundle(self):
+        self._buffer, self._buffered = {}, 0
+
+    def process(self, named_line):
+        name, line = named_line
+        self._buffer.setdefault(name, []).append(line)
+        self._buffered += 1
+        if self._buffered >= PART_ROWS:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        for name, lines in self._buffer.items():
+            write_atomically(f"{self._parts}/{name}/{uuid.uuid4().hex}.jsonl",
+                             "".join(line + "\n" for _, line in sorted(lines)).encode("utf-8"))
+        self._buffer, self._buffered = {}, 0
 
 
-def read_work_list(path: str) -> list[list]:
-    """The launcher's work list: [output shard, [{"path", "size"}]] per batch."""
-    return [json.loads(line) for line in read_text(path).splitlines()]
+def _lines(path: str):
+    """The lines of a text file, streamed, without their line ends."""
+    with io.TextIOWrapper(FileSystems.open(path), encoding="utf-8") as handle:
+        for line in handle:
+            yield line.rstrip("\n")
+
+
+def _merged_rows(part_paths: list[str]):
+    """(path, line) of the sorted parts merged into one sorted stream; a line repeated whole (a retried
+    bundle's) once; RuntimeError for one path with two different rows."""
+    streams = [((json.loads(line)["path"], line) for line in _lines(path)) for path in part_paths]
+    previous = None
+    for path, line in heapq.merge(*streams):
+        if previous is not None and path == previous[0]:
+            if line != previous[1]:
+                raise RuntimeError(f"the pipeline wrote two different rows for {path}")
+            continue
+        previous = (path, line)
+        yield path, line
+
+
+def merge_parts(parts: str, out: str, *, names: list[str]) -> None:
+    """Writes each of `names` into `out` from its sorted parts in `parts` (an empty file when it has none)."""
+    for name in names:
+        part_paths = [f"{parts}/{name}/{part}" for part in list_names(f"{parts}/{name}", "*.jsonl")]
+        write_atomically(f"{out}/{name}", "".join(line + "\n" for _, line in _merged_rows(part_paths))
+                         .encode("utf-8"))  # one output file at a time: at most 6,400 rows, or the errors
+
+
+def read_work_unit(unit: tuple[str, int, int]) -> list[list]:
+    """A stretch of the launcher's work list, (path, byte offset, byte length): [output shard, [{"path",
+    "size"}]] per batch of it."""
+    path, offset, length = unit
+    with FileSystems.open(path) as handle:
+        handle.seek(offset)
+        return [json.loads(line) for line in handle.read(length).decode("utf-8").splitlines()]
+
+
+def write_work_list(path: str, batches: list[list[dict]]) -> list[tuple[str, int, int]]:
+    """Writes the work list, a line [output shard, batch] per batch; returns its units of UNIT_BATCHES lines."""
+    lines = [(json.dumps([index // BATCHES_PER_SHARD, batch]) + "\n").encode("utf-8")
+             for index, batch in enumerate(batches)]
+    write_atomically(path, b"".join(lines))
+    units, offset = [], 0
+    for start in range(0, len(lines), UNIT_BATCHES):
+        length = sum(len(line) for line in lines[start:start + UNIT_BATCHES])
+        units.append((path, offset, length))
+        offset += length
+    return units
 
 
 class ReadFileBatches(beam.PTransform):
     """PBegin -> (batches of raw inputs, error rows) from the launcher's work list (`plan_files`)."""
 
-    def __init__(self, *, work_path: str, job: Job):
+    def __init__(self, *, units: list[tuple[str, int, int]], job: Job):
         super().__init__()
-        self._work_path = work_path
+        self._units = units
         self._job = job
 
     def expand(self, pipeline):
         read = (pipeline
-                # A file read by a plain FlatMap, as preprocessing reads its work list.
-                | "WorkList" >> beam.Create([self._work_path])
-                | "ReadWorkList" >> beam.FlatMap(read_work_list)
-                # Without it the batches would stay fused to the one worker that read the list.
-                | "SpreadBatches" >> beam.Reshuffle()
+                # Stretches of the work list, not its batches: what passes through the runner (on FnApiRunner,
+                # the launcher) is a few numbers per UNIT_BATCHES batches, and each worker reads its own.
+                | "WorkUnits" >> beam.Create(self._units)
+                | "SpreadUnits" >> beam.Reshuffle()
+                | "ReadWorkUnits" >> beam.FlatMap(read_work_unit)
                 | "ReadFiles" >> beam.ParDo(ReadFiles(root=self._job.input_root, manifest=self._job.manifest)))
         # One output filtered by type, not tagged outputs, which runners implement unevenly (see FeaturizePart).
         return (read | "Batches" >> beam.Filter(lambda output: isinstance(output, list)),
@@ -311,25 +393,28 @@ class ReadFileBatches(beam.PTransform):
 class ReadRecordBatches(beam.PTransform):
     """PBegin -> (batches of stored tensors, no error rows) from the shards of a dataset split."""
 
-    def __init__(self, *, shards: list[str], manifest: DatasetManifest, job: Job):
+    def __init__(self, *, manifest: DatasetManifest, job: Job):
         super().__init__()
-        self._shards = shards
         self._manifest = manifest  # the dataset's
         self._job = job
 
     def expand(self, pipeline):
+        # Stretches of UNIT_BATCHES batches of each shard, so that a split of few shards keeps every worker busy,
+        # and nothing but these numbers passes through the runner (on FnApiRunner, the launcher).
+        unit = UNIT_BATCHES * self._job.batch_size
+        units = [(index, f"{self._job.data_dir}/{shard.path}", start, min(unit, shard.num_examples - start))
+                 for index, shard in enumerate(self._manifest.splits[self._job.split].shards)
+                 for start in range(0, shard.num_examples, unit)]
         batches = (pipeline
-                   | "Shards" >> beam.Create(list(enumerate(self._shards)))
-                   | "SpreadShards" >> beam.Reshuffle()
+                   | "Units" >> beam.Create(units)
+                   | "SpreadUnits" >> beam.Reshuffle()
                    | "ReadRecords" >> beam.ParDo(ReadRecords(manifest=self._manifest, labels=self._job.manifest.labels,
-                                                             batch_size=self._job.batch_size))
-                   # A shard's batches to every worker: inference, not reading, is the work.
-                   | "SpreadBatches" >> beam.Reshuffle())
+                                                             batch_size=self._job.batch_size)))
         return batches, pipeline | "NoErrorRows" >> beam.Create([])
 
 
-def build_pipeline(pipeline: beam.Pipeline, job: Job, *, read: beam.PTransform, num_shards: int, out: str) -> None:
-    """Adds the steps of the module docstring: `read`'s batches and error rows to files in `out`."""
+def build_pipeline(pipeline: beam.Pipeline, job: Job, *, read: beam.PTransform, num_shards: int, parts: str) -> None:
+    """Adds the steps of the module docstring: `read`'s batches and error rows to sorted parts in `parts`."""
     batches, error_rows = pipeline | "Read" >> read
     handler = ServingModelHandler(model_dir=job.model_dir, top_k=job.top_k, stored_tensors=job.data_dir is not None)
     rows = (batches
@@ -338,8 +423,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: Job, *, read: beam.PTransform, 
     # One sink for both: a runner that computes only what a sink needs (Beam's DaskRunner) computes both.
     _ = ((rows, error_rows)
          | "Rows" >> beam.Flatten()
-         | "GroupByFile" >> beam.GroupByKey()
-         | "WriteFiles" >> beam.Map(write_file, folder=out))
+         | "WriteParts" >> beam.ParDo(WriteParts(parts=parts)))
 
 
 def plan_files(job: Job) -> list[list[dict]]:
@@ -374,31 +458,54 @@ def load_data_manifest(job: Job) -> DatasetManifest:
     return manifest
 
 
-def summarize(job: Job, *, out: str, expected: int, expected_paths: set[str] | None) -> tuple[dict, list[dict]]:
-    """(summary.json's fields, the error rows sorted by path), from the files written into `out`; RuntimeError
-    unless every input is in exactly one row (`expected` of them, and with `expected_paths` exactly those)."""
-    rows, errors = [], []
-    for name in list_names(out, "*.jsonl"):
-        lines = read_text(f"{out}/{name}").splitlines()
-        (errors if name == ERRORS_NAME else rows).extend(json.loads(line) for line in lines)
-    paths = [row["path"] for row in rows + errors]
-    if len(paths) != expected or len(set(paths)) != expected or (expected_paths and set(paths) != expected_paths):
-        raise RuntimeError(f"the pipeline wrote {len(paths)} rows for {len(set(paths))} inputs, not one for each of "
-                           f"the {expected} inputs")
-    per_class = {}
-    for row in rows:
-        if "true_label" in row:
-            counts = per_class.setdefault(row["true_label"], {"files": 0, "correct": 0})
-            counts["files"] += 1
-            counts["correct"] += row["label"] == row["true_label"]
+def summarize(job: Job, *, out: str, names: list[str], expected: int, listing: str | None) -> tuple[dict, list[dict]]:
+    """(summary.json's fields, the first PRINTED_ERRORS error rows), streaming the files written into `out`.
+
+    RuntimeError unless every input is in exactly one row: `expected` of them, and with `listing` (the
+    launcher's work list, sorted by path) exactly its paths; the shards, runs of the sorted listing in order,
+    and the errors merge into one sorted stream that is compared with the listing's, path by path.
+    """
+    per_class, errors, printed_errors, predicted = {}, 0, [], 0
+
+    def predictions():
+        nonlocal predicted
+        for name in names:
+            if name == ERRORS_NAME:
+                continue
+            for line in _lines(f"{out}/{name}"):
+                row = json.loads(line)
+                predicted += 1
+                if "true_label" in row:
+                    counts = per_class.setdefault(row["true_label"], {"files": 0, "correct": 0})
+                    counts["files"] += 1
+                    counts["correct"] += row["label"] == row["true_label"]
+                yield row["path"]
+
+    def error_paths():
+        nonlocal errors
+        for line in _lines(f"{out}/{ERRORS_NAME}"):
+            row = json.loads(line)
+            errors += 1
+            if len(printed_errors) < PRINTED_ERRORS:
+                printed_errors.append(row)
+            yield row["path"]
+
+    written = heapq.merge(predictions(), error_paths()) if listing else itertools.chain(predictions(), error_paths())
+    wanted = (file["path"] for line in _lines(listing) for file in json.loads(line)[1]) if listing else None
+    count = 0
+    for count, path in enumerate(written, start=1):
+        if wanted is not None and path != (expected_path := next(wanted, None)):
+            raise RuntimeError(f"the pipeline's rows do not match the inputs: {path} where {expected_path} was due")
+    if count != expected:
+        raise RuntimeError(f"the pipeline wrote {count} rows, not one for each of the {expected} inputs")
     for counts in per_class.values():
         counts["accuracy"] = counts["correct"] / counts["files"]
     labelled = sum(counts["files"] for counts in per_class.values())
     return {"model_dir": job.model_dir, "modality": job.manifest.modality,
             "input": job.input_root or f"{job.data_dir} ({job.split})",
-            "files": expected, "predicted": len(rows), "errors": len(errors), "labelled": labelled,
+            "files": expected, "predicted": predicted, "errors": errors, "labelled": labelled,
             "accuracy": sum(counts["correct"] for counts in per_class.values()) / labelled if labelled else None,
-            "per_class": dict(sorted(per_class.items()))}, sorted(errors, key=lambda row: row["path"])
+            "per_class": dict(sorted(per_class.items()))}, printed_errors
 
 
 def format_summary(summary: dict, error_rows: list[dict], *, output_dir: str) -> str:
@@ -521,28 +628,26 @@ def run(argv=None, save_main_session=True) -> dict:
         if job.data_dir is None:
             batches = plan_files(job)
             num_shards = math.ceil(len(batches) / BATCHES_PER_SHARD)
-            inputs = {file["path"] for batch in batches for file in batch}
-            expected = len(inputs)
+            expected = sum(len(batch) for batch in batches)
             work_path = f"{temp}/work.jsonl"
-            write_atomically(work_path, "".join(json.dumps([index // BATCHES_PER_SHARD, batch]) + "\n"
-                                                for index, batch in enumerate(batches)).encode("utf-8"))
-            read = ReadFileBatches(work_path=work_path, job=job)
+            units = write_work_list(work_path, batches)
+            del batches  # the work list holds them
+            read = ReadFileBatches(units=units, job=job)
         else:
             data_manifest = load_data_manifest(job)
-            shards = [f"{job.data_dir}/{shard.path}" for shard in data_manifest.splits[job.split].shards]
-            num_shards, inputs, expected = len(shards), None, data_manifest.splits[job.split].num_examples
-            read = ReadRecordBatches(shards=shards, manifest=data_manifest, job=job)
+            num_shards = len(data_manifest.splits[job.split].shards)
+            work_path, expected = None, data_manifest.splits[job.split].num_examples
+            read = ReadRecordBatches(manifest=data_manifest, job=job)
         options = PipelineOptions(with_default_runner(pipeline_args))
         options.view_as(SetupOptions).save_main_session = save_main_session
         limit_tensorflow_threads(options)
         with runner_for(options, preloaded_modules=(ReadFiles.__module__, "trainer.predict")) as runner:
             pipeline = beam.Pipeline(runner=runner, options=options)
-            build_pipeline(pipeline, job, read=read, num_shards=num_shards, out=out)
+            build_pipeline(pipeline, job, read=read, num_shards=num_shards, parts=f"{temp}/parts")
             pipeline.run().wait_until_finish()
         names = [shard_name(index, num_shards) for index in range(num_shards)] + [ERRORS_NAME]
-        for name in sorted(set(names) - set(list_names(out))):
-            write_atomically(f"{out}/{name}", b"")  # a shard whose inputs all failed, or no error at all
-        summary, error_rows = summarize(job, out=out, expected=expected, expected_paths=inputs)
+        merge_parts(f"{temp}/parts", out, names=names)
+        summary, error_rows = summarize(job, out=out, names=names, expected=expected, listing=work_path)
         write_atomically(f"{out}/{SUMMARY_NAME}", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
         pause_if_asked("predictions_written")
         commit(out, job.output_dir, names=[*names, SUMMARY_NAME], overwrite=job.overwrite)

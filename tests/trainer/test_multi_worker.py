@@ -124,7 +124,8 @@ def train_command(data_dir, model_dir, *, epochs: int, workers: int = 2) -> list
             str(workers), "--epochs", str(epochs), "--batch_size", "8", "--patience", str(epochs)]
 
 
-CHIEF_FILES = {"model.keras", "saved_model", "dataset.json", "history.json", "train_config.json", "epochs.csv", "logs"}
+CHIEF_FILES = {"model.keras", "saved_model", "serving", "litert", "dataset.json", "history.json", "train_config.json",
+               "epochs.csv", "logs"}
 
 
 def test_two_local_workers_train_and_only_the_chief_writes(data_dirs, tmp_path):
