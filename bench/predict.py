@@ -38,7 +38,7 @@ from pathlib import Path
 from bench import predict_engines
 from bench.engines import REPO, RUNNER_FLAGS
 from bench.preprocess import (FILE_MAKERS, FLAT_MEMORY_RATIO, PeakMemory, best_of, build_corpus, children_cpu_seconds,
-                              fixed_and_rate, list_inputs)
+                              fixed_and_rate, list_inputs, memory_verdicts)
 from beam_jobs.modalities import MODALITIES
 from trainer.model_dir import ModelDir
 
@@ -174,14 +174,9 @@ def print_verdicts(rows_by_size: dict[str, list[dict[str, dict]]], *, unavailabl
               f"{rates[modality][TENSOR_MODEL]:.1f} files/s: {ratio:.2f} x: {verdict(ratio >= SERVING_AT_LEAST)}")
     print(f"target (3): peak memory flat as the input grows (the larger size's peak / the smaller's <= "
           f"{FLAT_MEMORY_RATIO})")
-    for modality, (small, large) in rows_by_size.items():
-        for engine in small:
-            ratio = large[engine]["peak_mib"] / small[engine]["peak_mib"]
-            per_file = ((large[engine]["peak_mib"] - small[engine]["peak_mib"]) * 1024
-                        / (large[engine]["files"] - small[engine]["files"]))
-            print(f"  {modality:6} {engine:14} {small[engine]['peak_mib']:5.0f} MiB at {small[engine]['files']} "
-                  f"files, {large[engine]['peak_mib']:5.0f} MiB at {large[engine]['files']}: {ratio:.2f} "
-                  f"({per_file:+.1f} KiB per added file): {verdict(ratio <= FLAT_MEMORY_RATIO)}")
+    engines = list(next(iter(rows_by_size.values()))[0]) if rows_by_size else []
+    for line in memory_verdicts(rows_by_size, engines=engines, flat_ratio=FLAT_MEMORY_RATIO):
+        print(line)
 
 
 def main(argv=None) -> None:

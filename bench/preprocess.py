@@ -305,14 +305,8 @@ def print_verdicts(rows_by_size: dict[str, list[dict[str, dict]]]) -> None:
           + f": {'PASS' if max(best_startup.values()) <= MAX_STARTUP_SECONDS else 'FAIL'}")
     print(f"target (3): peak memory flat as the corpus grows (peak at N / peak at the small size <= "
           f"{FLAT_MEMORY_RATIO})")
-    for modality, (small, large) in rows_by_size.items():
-        for engine in runners:
-            ratio = large[engine]["peak_mib"] / small[engine]["peak_mib"]
-            per_file = ((large[engine]["peak_mib"] - small[engine]["peak_mib"]) * 1024
-                        / (large[engine]["files"] - small[engine]["files"]))
-            print(f"  {modality:6} {engine:15} {small[engine]['peak_mib']:5.0f} MiB at {small[engine]['files']} "
-                  f"files, {large[engine]['peak_mib']:5.0f} MiB at {large[engine]['files']}: {ratio:.2f} "
-                  f"({per_file:+.1f} KiB per added file): {'PASS' if ratio <= FLAT_MEMORY_RATIO else 'FAIL'}")
+    for line in memory_verdicts(rows_by_size, engines=runners):
+        print(line)
 
 
 def parse_engines(parser: argparse.ArgumentParser, value: str) -> list[str]:
@@ -328,6 +322,22 @@ def parse_engines(parser: argparse.ArgumentParser, value: str) -> list[str]:
                 parser.error(f"--engines: {engine!r} needs the {module!r} package, which is not installed: "
                              f"pip install -e '.[test]', or leave {engine!r} out")
     return engines
+
+
+def memory_verdicts(rows_by_size: dict, *, engines, flat_ratio: float = FLAT_MEMORY_RATIO) -> list[str]:
+    """A line per modality and engine: its peak memory at the small and the large size, their ratio, the
+    growth per added file, and PASS when the ratio is at most `flat_ratio`. `rows_by_size` maps each modality
+    to (small, large), each {engine: {"peak_mib", "files", ...}}."""
+    lines = []
+    for modality, (small, large) in rows_by_size.items():
+        for engine in engines:
+            ratio = large[engine]["peak_mib"] / small[engine]["peak_mib"]
+            per_file = ((large[engine]["peak_mib"] - small[engine]["peak_mib"]) * 1024
+                        / (large[engine]["files"] - small[engine]["files"]))
+            lines.append(f"  {modality:6} {engine:15} {small[engine]['peak_mib']:5.0f} MiB at {small[engine]['files']} "
+                         f"files, {large[engine]['peak_mib']:5.0f} MiB at {large[engine]['files']}: {ratio:.2f} "
+                         f"({per_file:+.1f} KiB per added file): {'PASS' if ratio <= flat_ratio else 'FAIL'}")
+    return lines
 
 
 def main(argv=None) -> None:
