@@ -358,8 +358,11 @@ def main(argv=None) -> int:
     try:
         exported = export(flags.model_dir, representative_examples=flags.representative_examples,
                           litert=flags.litert, int8=flags.int8)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # no trained model there; no calibration data (FileNotFoundError too)
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as error:  # the snapshot's shards, unreadable
+        print(f"error: {error.message}", file=sys.stderr)
         return 1
     print(f"Wrote {exported.describe()}")
     return 0

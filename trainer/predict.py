@@ -155,7 +155,11 @@ def main(argv=None) -> int:
     flags = parser.parse_args(argv)
     if flags.top_k < 1:
         parser.error(f"--top_k={flags.top_k} is invalid: it must be >= 1")
-    predictor = Predictor.from_model_dir(flags.model_dir)
+    try:
+        predictor = Predictor.from_model_dir(flags.model_dir)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     failed = 0
     for path in flags.files:
         try:

@@ -254,3 +254,12 @@ def test_the_serving_bench_runs(model_dirs, capsys):
         serving_bench.main([f"--model_dir={path}", "--latency_clips=5"])
         printed = capsys.readouterr().out
         assert "parity: same argmax" in printed and "LiteRT int8: accuracy" in printed, printed
+
+
+def test_commands_say_in_one_line_that_a_folder_holds_no_trained_model(tmp_path, capsys):
+    from trainer import predict as predict_lib
+
+    assert export_lib.main(["--model_dir", str(tmp_path)]) == 1
+    assert predict_lib.main(["--model_dir", str(tmp_path), "clip.wav"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") and "trainer.train" in line for line in errors), errors
