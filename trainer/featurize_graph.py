@@ -93,16 +93,21 @@ def decode_wav_clip(data: tf.Tensor, *, config: AudioConfig) -> tf.Tensor:
     accepted = f"the bytes signature accepts {WAV_ACCEPTED} at {config.sample_rate} Hz"
     header_ok = (tf.strings.length(data) >= 44) & tf.equal(tf.strings.substr(data, 0, 4), "RIFF") & tf.equal(
         tf.strings.substr(data, 8, 4), "WAVE")
-    tf.debugging.Assert(header_ok, [f"not a WAV file: {accepted}; decode other files yourself and call the "
-                                    f"waveform signature"])
+    header_checked = tf.debugging.Assert(header_ok, [f"not a WAV file: {accepted}; decode other files yourself "
+                                                     f"and call the waveform signature"])
     # The fmt chunk is the first one in every WAV writer's output; check its encoding before decode_wav does,
     # whose own message ("Can only read 16-bit WAV files") does not say what to do instead.
     fmt_first = tf.equal(tf.strings.substr(data, 12, 4), "fmt ")
     fields = tf.io.decode_raw(tf.strings.substr(data, 20, 16), tf.uint16, little_endian=True)
     encoding, bits = fields[0], fields[7]
-    tf.debugging.Assert(~fmt_first | ((encoding == 1) & (bits == 16)),
-                        [f"unsupported WAV encoding: {accepted}, not format", encoding, "with bits per sample",
-                         bits, "(decode it yourself and call the waveform signature)"])
+    encoding_checked = tf.debugging.Assert(
+        ~fmt_first | ((encoding == 1) & (bits == 16)),
+        [f"unsupported WAV encoding: {accepted}, not format", encoding, "with bits per sample", bits,
+         "(decode it yourself and call the waveform signature)"])
+    # decode_wav is stateless, so nothing orders it after the checks but this: without it, which error an
+    # 8-bit file gets depends on which op the executor runs first.
+    with tf.control_dependencies([header_checked, encoding_checked]):
+        data = tf.identity(data)
     samples, rate = tf.audio.decode_wav(data)
     tf.debugging.Assert(tf.equal(rate, config.sample_rate),
                         [f"wrong sample rate: {accepted}, not", rate, "Hz (resample it and call the waveform "
