@@ -15,10 +15,14 @@ Owns the command: flags to Settings (`beam_jobs.pipeline.settings`), the pipelin
 --runner names another, a live progress line, and the summary
 (`beam_jobs.pipeline.summary`). Writes the layout of `beam_jobs.table.layout`. Flags
 this module does not know are Beam pipeline options: the same command runs on
-Dataflow with --runner=DataflowRunner and gs:// roots and output. Exits 1 when a
-modality got no example at all, or when another run committed first.
+Dataflow with --runner=DataflowRunner and gs:// roots and output.
+
+Exit status: 0 when every modality committed or had nothing to do; 1 when a
+modality got no example at all, another run committed first, or the run lost
+its lease; 2 for bad flags; 3 when a process of the runner (a worker) was
+killed mid-run; 124 when --max_run_minutes passed before the commit. Whatever
+the status, the current snapshots are whole (see "Running unattended" in the README).
 """
-import dataclasses
 import datetime
 import sys
 
@@ -31,14 +35,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions  
 
 from beam_jobs.console.progress import ProgressLine, write_matched_count  # noqa: E402
 from beam_jobs.pipeline import ingest, watch  # noqa: E402
+from beam_jobs.pipeline.plan import ModalityPlan  # noqa: E402
 from beam_jobs.pipeline.recipe import SpanJob, build_pipeline, write_span_in_process  # noqa: E402
 from beam_jobs.pipeline.settings import Settings, parse_settings  # noqa: E402
 from beam_jobs.pipeline.summary import PreprocessSummary, format_summary  # noqa: E402
 from beam_jobs.runners.default import runner_for, runs_in_process, with_default_runner  # noqa: E402
+from beam_jobs.runners.supervision import EXIT_DEADLINE, DeadlineExceeded, Supervisor  # noqa: E402
+from beam_jobs.storage.files import delete_tree  # noqa: E402
 from beam_jobs.table import snapshots  # noqa: E402
 from beam_jobs.table.failpoints import pause_if_asked  # noqa: E402
-from beam_jobs.table.layout import errors_path, run_temp_dir  # noqa: E402
-from beam_jobs.table.runs import clean_debris, new_run_id, release_lease, take_lease, write_lease  # noqa: E402
+from beam_jobs.table.layout import errors_path, run_temp_dir, span_dir  # noqa: E402
+from beam_jobs.table.runs import LeaseKeeper, LeaseLostError, clean_debris, new_run_id, release_lease  # noqa: E402
 
 
 def run(argv=None, save_main_session=True, *, progress_stream=None) -> PreprocessSummary:
@@ -54,16 +61,20 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
     output_dir = settings.output_dir
-    lease = take_lease(output_dir, run_id)
-    try:
+    temp_dir = run_temp_dir(output_dir, run_id)
+
+    def remove_own_files():  # what the supervisor removes when it stops the run before its commit
+        for modality in settings.roots:
+            delete_tree(span_dir(settings.dataset_dir(modality), run_id))
+        release_lease(output_dir, run_id)
+
+    with LeaseKeeper(output_dir, run_id, ttl_seconds=settings.lease_seconds), Supervisor(
+            max_run_seconds=settings.max_run_minutes and settings.max_run_minutes * 60, on_abort=remove_own_files,
+            stream=progress_stream, hold_output=not logs.wants_verbose(sys.argv[1:] if argv is None else argv)) \
+            as supervisor:
         clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
                      committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
-        plans = {modality: ingest.plan_modality(settings, modality) for modality in settings.roots}
-        # Said before the pipeline starts, so that another run's retention keeps what this one copies from.
-        write_lease(output_dir, dataclasses.replace(lease, bases={
-            modality: plan.base.snapshot_id for modality, plan in plans.items()
-            if plan.base is not None and plan.base.snapshot_id is not None}))
-        temp_dir = run_temp_dir(output_dir, run_id)
+        plans = {modality: plan_on_kept_base(settings, modality, run_id=run_id) for modality in settings.roots}
         jobs = [ingest.write_work_list(plan, settings=settings, span=run_id, temp_dir=temp_dir)
                 for plan in plans.values() if plan.work]
         if jobs:
@@ -75,16 +86,35 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
             run_pipeline(jobs, settings=settings, options=options, created=created,
                          progress_dir=f"{temp_dir}/progress", progress_stream=progress_stream)
             pause_if_asked("span_written")
+        try:
+            supervisor.start_commit()
+        except DeadlineExceeded:
+            remove_own_files()
+            raise
         outcomes = {modality: ingest.commit_modality(plan, settings=settings, run_id=run_id, created=created,
                                                      span=run_id if any(job.plan is plan for job in jobs) else None)
                     for modality, plan in plans.items()}
         error_rows = ingest.write_errors_file(settings)
-    finally:
-        release_lease(output_dir, run_id)
     summary = PreprocessSummary(output_dir=output_dir, outcomes=outcomes, errors_path=errors_path(output_dir),
                                 error_rows=[row._asdict() for row in error_rows])
     print(format_summary(summary))
     return summary
+
+
+_PLAN_ATTEMPTS = 3
+
+
+def plan_on_kept_base(settings: Settings, modality: str, *, run_id: str) -> ModalityPlan:
+    """The plan of `modality`, its base recorded in the run's lease before retention could remove it (else
+    planned again on the newer snapshot: `beam_jobs.pipeline.ingest.register_base`)."""
+    for _ in range(_PLAN_ATTEMPTS):
+        plan = ingest.plan_modality(settings, modality)
+        pause_if_asked("planned")
+        if ingest.register_base(settings, plan, run_id=run_id):
+            return plan
+    raise snapshots.SnapshotConflictError(
+        f"{settings.dataset_dir(modality)}: other runs committed and removed this run's base snapshot "
+        f"{_PLAN_ATTEMPTS} times while it planned; it committed nothing. Run it again.")
 
 
 def run_pipeline(jobs: list[SpanJob], *, settings: Settings, options: PipelineOptions | None, created: str,
@@ -109,9 +139,12 @@ def main(argv=None) -> int:
         logs.configure_logging(verbose=verbose, stream=stderr)
         try:
             summary = run(argv, progress_stream=stderr)
-        except watch.WatchError as error:
+        except (watch.WatchError, LeaseLostError, snapshots.SnapshotConflictError) as error:
             print(f"error: {error}", file=stderr)
             return 1
+        except DeadlineExceeded as error:
+            print(f"error: {error}", file=stderr)
+            return EXIT_DEADLINE
     return summary.exit_code()
 
 

@@ -105,7 +105,7 @@ from beam_jobs.storage.files import (delete_tree, is_local, list_names, use_pipe
 from beam_jobs.table.failpoints import pause_if_asked  # noqa: E402
 from beam_jobs.table.layout import ERRORS_NAME  # noqa: E402
 from beam_jobs.table.manifest import DatasetManifest, resolve_manifest  # noqa: E402
-from beam_jobs.table.runs import Lease, new_run_id, read_leases, take_lease  # noqa: E402
+from beam_jobs.table.runs import Lease, LeaseKeeper, check_lease_held, new_run_id, read_leases  # noqa: E402
 from trainer.model_dir import ModelDir  # noqa: E402
 
 BATCH_SIZE = 64  # files per batch: see "Batching" above
@@ -623,34 +623,36 @@ def run(argv=None, save_main_session=True) -> dict:
     run_id = new_run_id()
     temp = f"{job.output_dir}.tmp-{run_id}"
     out = f"{temp}/out"
-    take_lease(temp, run_id)
     try:
-        if job.data_dir is None:
-            batches = plan_files(job)
-            num_shards = math.ceil(len(batches) / BATCHES_PER_SHARD)
-            expected = sum(len(batch) for batch in batches)
-            work_path = f"{temp}/work.jsonl"
-            units = write_work_list(work_path, batches)
-            del batches  # the work list holds them
-            read = ReadFileBatches(units=units, job=job)
-        else:
-            data_manifest = load_data_manifest(job)
-            num_shards = len(data_manifest.splits[job.split].shards)
-            work_path, expected = None, data_manifest.splits[job.split].num_examples
-            read = ReadRecordBatches(manifest=data_manifest, job=job)
-        options = PipelineOptions(with_default_runner(pipeline_args))
-        options.view_as(SetupOptions).save_main_session = save_main_session
-        limit_tensorflow_threads(options)
-        with runner_for(options, preloaded_modules=(ReadFiles.__module__, "trainer.predict")) as runner:
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            build_pipeline(pipeline, job, read=read, num_shards=num_shards, parts=f"{temp}/parts")
-            pipeline.run().wait_until_finish()
-        names = [shard_name(index, num_shards) for index in range(num_shards)] + [ERRORS_NAME]
-        merge_parts(f"{temp}/parts", out, names=names)
-        summary, error_rows = summarize(job, out=out, names=names, expected=expected, listing=work_path)
-        write_atomically(f"{out}/{SUMMARY_NAME}", json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
-        pause_if_asked("predictions_written")
-        commit(out, job.output_dir, names=[*names, SUMMARY_NAME], overwrite=job.overwrite)
+        with LeaseKeeper(temp, run_id):
+            if job.data_dir is None:
+                batches = plan_files(job)
+                num_shards = math.ceil(len(batches) / BATCHES_PER_SHARD)
+                expected = sum(len(batch) for batch in batches)
+                work_path = f"{temp}/work.jsonl"
+                units = write_work_list(work_path, batches)
+                del batches  # the work list holds them
+                read = ReadFileBatches(units=units, job=job)
+            else:
+                data_manifest = load_data_manifest(job)
+                num_shards = len(data_manifest.splits[job.split].shards)
+                work_path, expected = None, data_manifest.splits[job.split].num_examples
+                read = ReadRecordBatches(manifest=data_manifest, job=job)
+            options = PipelineOptions(with_default_runner(pipeline_args))
+            options.view_as(SetupOptions).save_main_session = save_main_session
+            limit_tensorflow_threads(options)
+            with runner_for(options, preloaded_modules=(ReadFiles.__module__, "trainer.predict")) as runner:
+                pipeline = beam.Pipeline(runner=runner, options=options)
+                build_pipeline(pipeline, job, read=read, num_shards=num_shards, parts=f"{temp}/parts")
+                pipeline.run().wait_until_finish()
+            names = [shard_name(index, num_shards) for index in range(num_shards)] + [ERRORS_NAME]
+            merge_parts(f"{temp}/parts", out, names=names)
+            summary, error_rows = summarize(job, out=out, names=names, expected=expected, listing=work_path)
+            write_atomically(f"{out}/{SUMMARY_NAME}",
+                             json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+            pause_if_asked("predictions_written")
+            check_lease_held(temp, run_id)  # a run paused past its lease's time to live may be taken for dead
+            commit(out, job.output_dir, names=[*names, SUMMARY_NAME], overwrite=job.overwrite)
     finally:
         delete_tree(temp)  # its lease with it: what is left of a run killed before this is a dead run's
     print(format_summary(summary, error_rows, output_dir=job.output_dir))

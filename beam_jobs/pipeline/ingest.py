@@ -12,6 +12,7 @@ files have landed.
 import dataclasses
 import json
 import logging
+from typing import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -30,7 +31,7 @@ from beam_jobs.table import snapshots
 from beam_jobs.table.failpoints import pause_if_asked
 from beam_jobs.table.layout import LEGACY_PATTERNS, errors_path, span_dir
 from beam_jobs.table.manifest import DatasetManifest
-from beam_jobs.table.runs import snapshots_in_use
+from beam_jobs.table.runs import LeaseLostError, check_lease_held, set_lease_base, snapshots_in_use
 
 
 def list_modality(settings: Settings, modality: str) -> tuple[list[ListedFile], dict[str, int]]:
@@ -64,6 +65,19 @@ def plan_listed(settings: Settings, modality: str, *, base: DatasetManifest | No
                      max_spans=settings.max_spans)
 
 
+def register_base(settings: Settings, plan: ModalityPlan, *, run_id: str) -> bool:
+    """Records the plan's base in this run's lease, so that other runs' retention keeps the spans this one copies
+    from; False when retention removed that base before (`beam_jobs.table.snapshots.expire`): plan again."""
+    if plan.base is None or plan.base.snapshot_id is None:
+        return True
+    set_lease_base(settings.output_dir, run_id, modality=plan.modality, snapshot_id=plan.base.snapshot_id)
+    if snapshots.is_removed(settings.dataset_dir(plan.modality), plan.base.snapshot_id):
+        logging.info("%s: another run committed a newer snapshot and retention removed %s while this run planned "
+                     "on it; planning again", plan.modality, plan.base.describe())
+        return False
+    return True
+
+
 def write_work_list(plan: ModalityPlan, *, settings: Settings, span: str, temp_dir: str) -> SpanJob:
     """Writes the plan's work items into `temp_dir`, grouped by part (`beam_jobs.pipeline.recipe.read_parts` reads
     them); the job writes spans/<span>/."""
@@ -82,6 +96,12 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, span
     """Commits the new snapshot of one modality (listing `span`, the one this run wrote, if any), then applies
     retention; or says why it committed nothing."""
     dataset_dir = settings.dataset_dir(plan.modality)
+    try:
+        check_lease_held(settings.output_dir, run_id)
+    except LeaseLostError:
+        if span:
+            delete_tree(span_dir(dataset_dir, span))
+        raise
     if plan.nothing_to_do:
         # Retention still runs: a run killed after its commit may not have applied it.
         expired = snapshots.expire(dataset_dir, keep=settings.keep_snapshots, current_id=plan.base.snapshot_id,
@@ -111,8 +131,8 @@ def commit_modality(plan: ModalityPlan, *, settings: Settings, run_id: str, span
     return ModalityOutcome(plan=plan, manifest=manifest, committed=True, expired=expired)
 
 
-def _in_use(settings: Settings, modality: str, run_id: str) -> set[int]:
-    return snapshots_in_use(settings.output_dir, modality, own_run_id=run_id)
+def _in_use(settings: Settings, modality: str, run_id: str) -> Callable[[], set[int]]:
+    return lambda: snapshots_in_use(settings.output_dir, modality, own_run_id=run_id)
 
 
 def delete_legacy_files(dataset_dir: str) -> None:

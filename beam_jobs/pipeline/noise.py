@@ -17,8 +17,8 @@ from beam_jobs.inputs.reading import read_at_most
 from beam_jobs.inputs.tree import join_root
 from beam_jobs.modalities.errors import InvalidInputError
 from beam_jobs.storage.files import write_atomically
+from beam_jobs.table.layout import NOISE_FOLDER_NAME
 
-NOISE_FOLDER_NAME = "noise"  # under the dataset folder
 
 
 def store_background_noise(plan, *, spec, config, roots: tuple[str, ...], dataset_dir: str) -> list[dict]:

@@ -18,6 +18,7 @@ from beam_jobs.modalities.spec import Modality
 from beam_jobs.runners.default import IN_PROCESS_BELOW_FILES, with_streaming_runner
 from beam_jobs.storage.files import use_pipeline_options
 from beam_jobs.table.layout import dataset_dir
+from beam_jobs.table.runs import DEFAULT_LEASE_SECONDS
 from beam_jobs.table.snapshots import DEFAULT_KEEP_SNAPSHOTS
 
 DEFAULT_MAX_SPANS = 16
@@ -61,6 +62,8 @@ class Settings:
     in_process_below: int = IN_PROCESS_BELOW_FILES  # FnApiRunner runs fewer files in the launching process
     watch: WatchConfig | None = None  # keep running, committing files as they land; None: one batch run
     keywords: KeywordConfig = KeywordConfig()  # _silence_ and _unknown_, for the modalities with background noise
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a run's lease not renewed for this long is dead
+    max_run_minutes: float | None = None  # a batch run still short of its commit then stops; None: no limit
 
     @property
     def specs(self) -> dict[str, Modality]:
@@ -91,6 +94,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     inputs = parser.add_argument_group("inputs")
     output = parser.add_argument_group("output and snapshots")
     streaming = parser.add_argument_group("streaming (--watch)")
+    unattended = parser.add_argument_group("running unattended")
     for spec in MODALITIES.values():
         inputs.add_argument(
             f"--{spec.name}_root", action="append", default=[],
@@ -133,6 +137,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
                            help="--watch: the least time between two commits of a modality")
     streaming.add_argument("--commit_files", type=int, default=WatchConfig.commit_files,
                            help="--watch: commit sooner when this many new, changed or removed files wait")
+    unattended.add_argument("--max_run_minutes", type=float,
+                            help="a batch run that has not started its commit after this many minutes stops, "
+                                 "commits nothing and exits with status 124, so that a scheduler never stacks "
+                                 "runs. Default: no limit")
+    unattended.add_argument("--lease_seconds", type=float, default=DEFAULT_LEASE_SECONDS,
+                            help="a run renews its lease OUT/.runs/<run id>.json every tenth of this; a lease not "
+                                 "renewed for this long is a dead run's, whatever host wrote it, and the next run "
+                                 "removes its files. Hosts' clocks must agree to well within it")
     for spec in MODALITIES.values():
         config_lib.add_flags(parser, spec.config_class, title=f"{spec.name} featurization")
     config_lib.add_flags(parser, SplitConfig, title="splits")
@@ -213,6 +225,9 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
     for flag in ("keep_snapshots", "max_spans"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+    for flag in ("max_run_minutes", "lease_seconds"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+            parser.error(f"--{flag}={getattr(args, flag):g}: must be > 0")
     watch = None
     if args.watch:
         watch = WatchConfig(poll_seconds=args.poll_seconds, commit_seconds=args.commit_seconds,
@@ -222,6 +237,8 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
                          f"{watch.commit_seconds:g} >= 0 and --commit_files={watch.commit_files} >= 1")
         if args.full or args.compact:
             parser.error("--watch commits incrementally: run --full or --compact as a batch run, without --watch")
+        if args.max_run_minutes is not None:
+            parser.error("--max_run_minutes bounds a batch run; a watch runs until it is stopped")
         try:
             with_streaming_runner(pipeline_args)
         except ValueError as error:
@@ -237,5 +254,6 @@ def parse_settings(argv=None) -> tuple[Settings, list[str]]:
         shard_bytes=int(args.shard_size_mb * 1024 * 1024), num_shards=args.num_shards,
         compression="GZIP" if args.compression == "gzip" else None, full=args.full, compact=args.compact,
         keep_snapshots=args.keep_snapshots, max_spans=args.max_spans, in_process_below=args.in_process_below,
-        watch=watch, keywords=build_config(KeywordConfig, args, parser))
+        watch=watch, keywords=build_config(KeywordConfig, args, parser), lease_seconds=args.lease_seconds,
+        max_run_minutes=args.max_run_minutes)
     return settings, pipeline_args

@@ -60,7 +60,7 @@ from beam_jobs.storage.files import delete_tree, write_atomically
 from beam_jobs.table import snapshots
 from beam_jobs.table.layout import run_temp_dir
 from beam_jobs.table.manifest import DatasetManifest, SnapshotRemovedError
-from beam_jobs.table.runs import clean_debris, new_run_id, release_lease, set_lease_base, take_lease
+from beam_jobs.table.runs import LeaseKeeper, clean_debris, new_run_id
 
 STOP_NAME = "stop"  # in the run's temporary folder: the launcher asks the modalities to commit and stop
 _CHECK_SECONDS = 0.5  # how often the launcher looks for new snapshots, a failed pipeline or a finished stop
@@ -177,9 +177,9 @@ class IngestWhenDue(beam.DoFn):
 
     def _commit(self, plan: ModalityPlan) -> None:
         settings, modality = self._settings, plan.modality
-        if plan.base is not None and plan.base.snapshot_id is not None:
-            # Said before the span is written, so that another run's retention keeps what this one copies from.
-            set_lease_base(settings.output_dir, self._run_id, modality=modality, snapshot_id=plan.base.snapshot_id)
+        # Said before the span is written, so that another run's retention keeps what this one copies from.
+        if not ingest.register_base(settings, plan, run_id=self._run_id):
+            return  # the next tick plans on the newer snapshot
         span = f"{self._run_id}.{uuid.uuid4().hex[:8]}"
         temp_dir = f"{self._temp_dir}/{span}"
         created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -265,10 +265,9 @@ def run_watch(settings: Settings, pipeline_args: list[str], *, save_main_session
     """Runs the watch until a signal stops it; prints a line per committed snapshot."""
     output_dir = settings.output_dir
     run_id = new_run_id()
-    take_lease(output_dir, run_id)
     temp_dir = run_temp_dir(output_dir, run_id)
     commits = {modality: [] for modality in settings.roots}
-    try:
+    with LeaseKeeper(output_dir, run_id, ttl_seconds=settings.lease_seconds):
         clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
                      committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
         seen = {modality: _current_id(settings, modality) for modality in settings.roots}
@@ -288,8 +287,6 @@ def run_watch(settings: Settings, pipeline_args: list[str], *, save_main_session
             stopped_at_once = stops.count >= 2
             result.cancel()
         _report_commits(settings, seen, commits, out=out)
-    finally:
-        release_lease(output_dir, run_id)
     ingest.write_errors_file(settings)
     print(f"stopped{' at once' if stopped_at_once else ''}: committed " + "; ".join(
         f"{modality} {', '.join(map(str, ids)) or 'nothing'}" for modality, ids in commits.items()), file=out,

@@ -88,7 +88,8 @@ def runner_for(options: PipelineOptions, *, preloaded_modules: tuple[str, ...] =
     itself it starts them with none, and a worker then reads s3:// without --s3_endpoint_url and its keys.
     Its multi_processing workers are forked from a zygote (`beam_jobs.runners.forked_workers`) that lives as
     long as the block, where that is available, and imports `preloaded_modules` (the modules of the pipeline's
-    DoFns) before it forks any.
+    DoFns) before it forks any; elsewhere they are spawned. Either way each runs under
+    `beam_jobs.runners.worker_client`, which reports a worker killed by a signal to the run's supervisor.
     """
     if options.view_as(StandardOptions).runner != "FnApiRunner":
         yield None
@@ -100,9 +101,11 @@ def runner_for(options: PipelineOptions, *, preloaded_modules: tuple[str, ...] =
         # The options set, not all: a default "--no_..." flag comes back under a name a worker cannot parse.
         pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))))
     from beam_jobs.runners import forked_workers
-    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
-            or not forked_workers.forked_workers_available()):
+    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
         yield fn_runner.FnApiRunner(provision_info=provision_info)
+        return
+    if not forked_workers.forked_workers_available():
+        yield forked_workers.WorkerClientFnApiRunner(provision_info=provision_info)
         return
     with forked_workers.WorkerZygote(preloaded_modules=preloaded_modules) as zygote:
         yield forked_workers.ForkedWorkersFnApiRunner(zygote=zygote, provision_info=provision_info)

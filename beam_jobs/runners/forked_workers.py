@@ -117,9 +117,17 @@ def serve(listener: socket.socket, *, preloaded_modules: list[str]) -> None:
             importlib.import_module(name)
     os.write(sys.stdout.fileno(), _READY)
     stdin = sys.stdin.fileno()
+    # SIGCHLD wakes the loop at once, so that a client hears of its worker's end without delay.
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wakeup_write)
+    workers = {}  # pid -> our end of its client's connection, kept to tell the client how the worker ended
     while True:
-        ready, _, _ = select.select([listener, stdin], [], [], _REAP_EVERY_SECONDS)
-        _reap_workers(block=False)
+        ready, _, _ = select.select([listener, stdin, wakeup_read], [], [], _REAP_EVERY_SECONDS)
+        if wakeup_read in ready:
+            os.read(wakeup_read, 512)
+        _reap_workers(workers, block=False)
         if stdin in ready:
             break  # end of input: the launcher is done, or gone
         if listener not in ready:
@@ -131,26 +139,45 @@ def serve(listener: socket.socket, *, preloaded_modules: list[str]) -> None:
             print(f"soundsight worker zygote: a bad request ({error}); no worker started", file=sys.stderr)
             connection.close()
             continue
-        if os.fork() == 0:
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (wakeup_read, wakeup_write):
+                os.close(fd)
+            for other in workers.values():
+                other.close()  # else a client would not see its zygote's end while this worker lives
             listener.close()
             os.close(stdin)
             _run_worker(connection, environ=environ, cwd=cwd, fds=fds)  # never returns
-        connection.close()
+        workers[pid] = connection
         for fd in fds:
             os.close(fd)
     # Waited for, not left to the kernel: so their CPU time counts as this process's children's, and ours as
     # the launcher's (the benchmarks read it). The runner has let every worker go by now.
-    _reap_workers(block=True)
+    _reap_workers(workers, block=True)
 
 
-def _reap_workers(*, block: bool) -> None:
+def _reap_workers(workers: dict[int, socket.socket], *, block: bool) -> None:
+    """Waits for the workers that have ended; tells the client of one that a signal ended (a worker that exits
+    sends its status itself) and lets go of its connection."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
         except ChildProcessError:
             return  # none left
         if pid == 0:
             return  # none has ended
+        connection = workers.pop(pid, None)
+        if connection is None:
+            continue
+        if os.WIFSIGNALED(status):
+            try:
+                connection.sendall(worker_client.SIGNALLED
+                                   + worker_client.SIGNAL_MESSAGE.pack(os.WTERMSIG(status), pid))
+            except OSError:
+                pass  # the client is gone too: its runner let it go
+        connection.close()
 
 
 def _receive_request(connection: socket.socket) -> tuple[dict, str, list[int]]:
@@ -193,7 +220,7 @@ def _run_worker(connection: socket.socket, *, environ: dict, cwd: str, fds: list
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        connection.sendall(bytes([status & 0xFF]))
+        connection.sendall(worker_client.EXITED + bytes([status & 0xFF]))
     finally:
         os._exit(status)
 
@@ -208,24 +235,35 @@ def _exit_when_closed(connection: socket.socket) -> None:
     os._exit(1)
 
 
-class ForkedWorkersFnApiRunner(fn_runner.FnApiRunner):
-    """FnApiRunner whose SDK workers run `zygote.worker_command`: forked by `zygote` (direct_running_mode
-    multi_processing, with direct_num_workers workers)."""
+class WorkerClientFnApiRunner(fn_runner.FnApiRunner):
+    """FnApiRunner (direct_running_mode multi_processing, direct_num_workers workers) whose SDK worker processes
+    run `beam_jobs.runners.worker_client`, which tells the launcher of a worker killed by a signal: spawned as
+    new Pythons, as FnApiRunner starts them itself."""
+
+    def worker_command(self) -> str:
+        return " ".join(shlex.quote(part) for part in worker_client.command())
+
+    def run_pipeline(self, pipeline, options):
+        direct = options.view_as(DirectOptions)
+        self._default_environment = environments.SubprocessSDKEnvironment.from_command_string(
+            self.worker_command())
+        # FnApiRunner replaces the default environment in the running modes it knows; in another it keeps it.
+        direct.direct_running_mode = "multi_processing_supervised"
+        try:
+            return super().run_pipeline(pipeline, options)
+        finally:
+            direct.direct_running_mode = "multi_processing"
+
+
+class ForkedWorkersFnApiRunner(WorkerClientFnApiRunner):
+    """WorkerClientFnApiRunner whose workers are forked by `zygote` (`zygote.worker_command`)."""
 
     def __init__(self, *, zygote: WorkerZygote, **kwargs):
         super().__init__(**kwargs)
         self._zygote = zygote
 
-    def run_pipeline(self, pipeline, options):
-        direct = options.view_as(DirectOptions)
-        self._default_environment = environments.SubprocessSDKEnvironment.from_command_string(
-            self._zygote.worker_command)
-        # FnApiRunner replaces the default environment in the running modes it knows; in another it keeps it.
-        direct.direct_running_mode = "multi_processing_forked"
-        try:
-            return super().run_pipeline(pipeline, options)
-        finally:
-            direct.direct_running_mode = "multi_processing"
+    def worker_command(self) -> str:
+        return self._zygote.worker_command
 
     def run_stages(self, stage_context, stages):
         # Here, once the stages are planned and before any worker is asked for, not before: the planning

@@ -5,9 +5,12 @@
 When SOUNDSIGHT_PAUSE_AT names a point the run reaches, the process (the
 launcher, or a worker for "featurizing") writes SOUNDSIGHT_PAUSE_FILE and then
 sleeps until it is killed: a test waits for the file and kills the run at that
-exact moment (the failpoints of etcd's gofail, reduced to one action). Runs
-that do not set the variable pass every point at the cost of one lookup.
+exact moment (the failpoints of etcd's gofail, reduced to one action). With
+SOUNDSIGHT_RESUME_FILE it goes on once that file exists instead, so that a test
+can let another run act in between. Runs that do not set the variables pass
+every point at the cost of one lookup.
 
+  planned        the launcher has planned a modality on its base; the base is not in its lease yet
   featurizing    a worker has written the first record of a part
   span_written   the pipeline has written the new span; nothing is committed yet
   committed      the snapshot's manifest is created; the pointer still names the base
@@ -17,7 +20,7 @@ that do not set the variable pass every point at the cost of one lookup.
 import os
 import time
 
-POINTS = ("featurizing", "span_written", "committed", "pointer_moved", "predictions_written")
+POINTS = ("planned", "featurizing", "span_written", "committed", "pointer_moved", "predictions_written")
 
 
 def pause_if_asked(point: str) -> None:
@@ -27,5 +30,6 @@ def pause_if_asked(point: str) -> None:
     if marker:
         with open(marker, "w") as handle:
             handle.write(f"{os.getpid()} {point}\n")
-    while True:
-        time.sleep(60)
+    resume = os.environ.get("SOUNDSIGHT_RESUME_FILE")
+    while not (resume and os.path.exists(resume)):
+        time.sleep(0.1 if resume else 60)

@@ -12,6 +12,7 @@ A dataset (OUT/<modality>) is a table of immutable snapshots (`beam_jobs.table.s
       files.jsonl                           one row per record: the input file it came from and where it is
       errors.jsonl                          one row per input file that could not become a record
       span.json                             the span's own manifest, written last
+  OUT/<modality>/noise/<hash>.npy           a background noise recording's spectrogram, listed by the manifests
   OUT/errors.jsonl                          the error rows of the current snapshots of the last run's modalities
   OUT/.runs/<run id>.json                   a running run's lease: who it is, so that others know it is alive
   OUT/.tmp-<run id>/                        that run's temporary files, gone when it finishes
@@ -47,6 +48,7 @@ SPAN_FILES_NAME = "files.jsonl"
 SPAN_ERRORS_NAME = "errors.jsonl"
 SNAPSHOTS_FOLDER = "snapshots"
 SPANS_FOLDER = "spans"
+NOISE_FOLDER_NAME = "noise"  # the background noise side table, one .npy per recording, named by its hash
 RUNS_FOLDER = ".runs"
 TEMP_PREFIX = ".tmp-"
 # What a dataset folder held before snapshots: shards and TFDS metadata beside dataset.json. The first

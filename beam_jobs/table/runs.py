@@ -6,12 +6,24 @@ host, process id and that process's start time. All it writes before its
 commit lies in `OUT/.tmp-<run id>/` and `OUT/<modality>/spans/<run id>/` (a watch, which
 commits many times, writes `spans/<run id>.<hex>/`: `span_run_id` gives its run).
 
+A live run renews its lease (`LeaseKeeper`, a thread) every tenth of its
+time to live, `ttl_seconds` (--lease_seconds, default 10 minutes), and the
+lease records when it was last renewed. A lease is dead when it was not
+renewed for its time to live, whatever host wrote it (a crashed pod of a
+Kubernetes CronJob never comes back to clean up), or sooner when it names
+this host and its process is gone (or the process id now belongs to a process
+that started later). Hosts' clocks must agree to well within the time to live.
+
+A run commits only while its lease holds (`check_lease_held`): a run that was
+paused (SIGSTOP, a frozen VM) for longer than its time to live may have been
+taken for dead, and its files removed, by another run meanwhile; it then stops
+with `LeaseLostError` and commits nothing. (A pause between that check and the
+commit itself, which follow each other within milliseconds, is not guarded:
+a file system offers no fencing token.)
+
 `clean_debris` removes what runs left behind, and only what is provably
 theirs and provably dead: a temporary folder or an uncommitted span whose run
-holds no live lease. A lease is dead when it names this host and its process
-is gone (or the process id now belongs to a process that started later). A
-lease from another host is never taken for dead: its files stay until its
-run, or a person, removes them. A span that any snapshot lists is never debris.
+holds no live lease. A span that any snapshot lists is never debris.
 """
 import dataclasses
 import datetime
@@ -20,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Callable
 
@@ -29,6 +42,14 @@ from beam_jobs.inputs.reading import read_text
 from beam_jobs.storage.files import delete_tree, list_names, write_atomically
 from beam_jobs.table.layout import (RUNS_FOLDER, SPANS_FOLDER, TEMP_PREFIX, dataset_dir, lease_path,
                                     run_temp_dir, span_dir)
+
+
+DEFAULT_LEASE_SECONDS = 600.0  # --lease_seconds: a lease not renewed for this long is dead
+_RENEWALS_PER_LEASE = 10  # a live run renews its lease this many times per time to live
+
+
+class LeaseLostError(RuntimeError):
+    """This run's lease expired or was removed: another run may have taken it for dead, so it must not commit."""
 
 
 def new_run_id() -> str:
@@ -61,6 +82,14 @@ def _process_alive(pid: int, start_time: str | None) -> bool:
     return start_time is None or _process_start_time(pid) in (None, start_time)
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
 @dataclasses.dataclass(frozen=True)
 class Lease:
     run_id: str
@@ -69,16 +98,24 @@ class Lease:
     pid_start: str | None
     started: str
     bases: dict[str, int] = dataclasses.field(default_factory=dict)  # modality -> the snapshot it builds on
+    renewed: str | None = None  # when the run last said it is alive; None: when it started (older leases)
+    ttl_seconds: float = DEFAULT_LEASE_SECONDS  # dead when not renewed for this long
 
-    def is_dead(self) -> bool:
-        """Provably dead: on this host, and its process is gone. A lease of another host is never dead here."""
-        return self.host == socket.gethostname() and not _process_alive(self.pid, self.pid_start)
+    def expires(self) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(self.renewed or self.started) + datetime.timedelta(
+            seconds=self.ttl_seconds)
+
+    def is_dead(self, now: datetime.datetime | None = None) -> bool:
+        """Not renewed for its time to live, whatever its host; or on this host, and its process is gone."""
+        return ((now or _now()) >= self.expires()
+                or (self.host == socket.gethostname() and not _process_alive(self.pid, self.pid_start)))
 
 
-def take_lease(output_dir: str, run_id: str) -> Lease:
+def take_lease(output_dir: str, run_id: str, *, ttl_seconds: float = DEFAULT_LEASE_SECONDS) -> Lease:
+    """Writes a new lease for `run_id`. A run that lasts longer than `ttl_seconds` keeps it with LeaseKeeper."""
+    now = _timestamp(_now())
     lease = Lease(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
-                  pid_start=_process_start_time(os.getpid()),
-                  started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                  pid_start=_process_start_time(os.getpid()), started=now, renewed=now, ttl_seconds=ttl_seconds)
     write_lease(output_dir, lease)
     return lease
 
@@ -87,20 +124,101 @@ def write_lease(output_dir: str, lease: Lease) -> None:
     write_atomically(lease_path(output_dir, lease.run_id), json.dumps(dataclasses.asdict(lease)).encode("utf-8"))
 
 
+def read_lease(output_dir: str, run_id: str) -> Lease | None:
+    """The lease of `run_id`, or None when it has none (released, or removed as a dead run's)."""
+    try:
+        return Lease(**json.loads(read_text(lease_path(output_dir, run_id))))
+    except FileNotFoundError:
+        return None
+
+
 def snapshots_in_use(output_dir: str, modality: str, *, own_run_id: str) -> set[int]:
     """The snapshots other live runs build on: retention keeps their spans, which those runs may copy from."""
     return {lease.bases[modality] for run_id, lease in read_leases(output_dir).items()
             if run_id != own_run_id and modality in lease.bases and not lease.is_dead()}
 
 
-_LEASE_LOCK = threading.Lock()  # a watch's modalities may commit on two threads of one worker
+_LEASE_LOCK = threading.Lock()  # a watch's modalities may commit on two threads of one worker, beside the keeper
+
+
+def _update_lease(output_dir: str, run_id: str, **changes) -> Lease:
+    """Rewrites this run's lease with `changes`; LeaseLostError when it has none any more."""
+    with _LEASE_LOCK:
+        lease = read_lease(output_dir, run_id)
+        if lease is None:
+            raise LeaseLostError(f"this run's lease {lease_path(output_dir, run_id)} is gone: another run took it "
+                                 f"for dead and removed its files; this run commits nothing")
+        if "bases" in changes:
+            changes["bases"] = {**lease.bases, **changes["bases"]}
+        lease = dataclasses.replace(lease, **changes)
+        write_lease(output_dir, lease)
+        return lease
 
 
 def set_lease_base(output_dir: str, run_id: str, *, modality: str, snapshot_id: int) -> None:
     """Records in a live run's lease that its next span of `modality` builds on `snapshot_id`."""
-    with _LEASE_LOCK:
-        lease = Lease(**json.loads(read_text(lease_path(output_dir, run_id))))
-        write_lease(output_dir, dataclasses.replace(lease, bases={**lease.bases, modality: snapshot_id}))
+    _update_lease(output_dir, run_id, bases={modality: snapshot_id})
+
+
+def check_lease_held(output_dir: str, run_id: str) -> None:
+    """Returns if this run's lease is there and has at least half its time to live left (a live run renews it
+    every tenth); else LeaseLostError: the run was paused, or its renewals failed, for that long."""
+    lease = read_lease(output_dir, run_id)
+    if lease is None:
+        raise LeaseLostError(f"this run's lease {lease_path(output_dir, run_id)} is gone: another run took it for "
+                             f"dead and removed its files; this run commits nothing")
+    left = (lease.expires() - _now()).total_seconds()
+    if left < lease.ttl_seconds / 2:
+        raise LeaseLostError(f"this run's lease was last renewed at {lease.renewed} and "
+                             f"{'expired' if left <= 0 else 'nearly expired'} (time to live "
+                             f"{lease.ttl_seconds:g} s): the run was paused or could not write "
+                             f"{lease_path(output_dir, run_id)}; another run may take it for dead, so it commits "
+                             f"nothing")
+
+
+class LeaseKeeper:
+    """`with LeaseKeeper(output_dir, run_id, ttl_seconds=...) as keeper:` holds a run's lease for the block.
+
+    Takes the lease, renews it on a thread every tenth of `ttl_seconds`, and at
+    the end deletes the run's temporary folder, then the lease (`release_lease`).
+    A renewal that fails (the store unreachable) is retried at the next tick; one
+    that comes later than the time to live after the last (the process was
+    paused) is not made: the lease may be taken for dead already, and
+    `check_lease_held` then stops the commit.
+    """
+
+    def __init__(self, output_dir: str, run_id: str, *, ttl_seconds: float = DEFAULT_LEASE_SECONDS):
+        self.output_dir, self.run_id, self.ttl_seconds = output_dir, run_id, ttl_seconds
+        self._stop = threading.Event()
+        self._thread = None
+        self.lease = None
+
+    def __enter__(self) -> "LeaseKeeper":
+        self.lease = take_lease(self.output_dir, self.run_id, ttl_seconds=self.ttl_seconds)
+        self._thread = threading.Thread(target=self._renew_until_stopped, name="lease-keeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        release_lease(self.output_dir, self.run_id)
+
+    def _renew_until_stopped(self) -> None:
+        last_renewed = time.monotonic()
+        while not self._stop.wait(self.ttl_seconds / _RENEWALS_PER_LEASE):
+            if time.monotonic() - last_renewed >= self.ttl_seconds:
+                logging.warning("this run's lease was not renewed for %.0f s, more than its time to live; it is "
+                                "not renewed any more and the run will not commit", time.monotonic() - last_renewed)
+                return
+            try:
+                _update_lease(self.output_dir, self.run_id, renewed=_timestamp(_now()))
+            except LeaseLostError:
+                return  # check_lease_held says so before the commit
+            except OSError as error:
+                logging.warning("could not renew this run's lease (%s); trying again", error)
+                continue
+            last_renewed = time.monotonic()
 
 
 def release_lease(output_dir: str, run_id: str) -> None:
@@ -114,11 +232,9 @@ def release_lease(output_dir: str, run_id: str) -> None:
 def read_leases(output_dir: str) -> dict[str, Lease]:
     leases = {}
     for name in list_names(f"{output_dir}/{RUNS_FOLDER}", "*.json"):
-        path = f"{output_dir}/{RUNS_FOLDER}/{name}"
-        try:
-            leases[name[:-len(".json")]] = Lease(**json.loads(read_text(path)))
-        except FileNotFoundError:
-            continue  # released between the listing and the read
+        lease = read_lease(output_dir, name[:-len(".json")])
+        if lease is not None:  # else released between the listing and the read
+            leases[lease.run_id] = lease
     return leases
 
 

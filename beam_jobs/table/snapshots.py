@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import logging
+from typing import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -147,20 +148,25 @@ def committed_spans(dataset_dir: str) -> set[str]:
     return spans
 
 
-def expire(dataset_dir: str, *, keep: int, current_id: int, in_use: set[int] = frozenset()) -> list[int]:
+def expire(dataset_dir: str, *, keep: int, current_id: int,
+           in_use: Callable[[], set[int]] = frozenset) -> list[int]:
     """Removes the snapshots older than the newest `keep` (never the current one); returns their ids.
 
-    Each gets its tombstone first, then the spans that no kept snapshot lists are
-    deleted. The snapshots `in_use` (bases of other live runs) are kept for now.
+    `in_use()` gives the bases of other live runs (`beam_jobs.table.runs.snapshots_in_use`), which are kept
+    for now. It is asked before the tombstones are written, so that no base in use is marked removed, and
+    again after, before any span is deleted: a run that registers its base and then finds no tombstone on it
+    (`is_removed`) is sure to be seen here, and one that finds a tombstone plans again on a newer snapshot.
     """
     committed, removed = snapshot_ids(dataset_dir)
-    kept = set(committed[-max(keep, 1):]) | {current_id} | (set(in_use) & set(committed))
-    expired = [snapshot_id for snapshot_id in committed if snapshot_id not in kept and snapshot_id not in removed]
+    newest = set(committed[-max(keep, 1):]) | {current_id}
+    expired = [snapshot_id for snapshot_id in committed
+               if snapshot_id not in newest | set(in_use()) and snapshot_id not in removed]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for snapshot_id in expired:
         write_atomically(tombstone_path(dataset_dir, snapshot_id), json.dumps(
             {"snapshot_id": snapshot_id, "keep_snapshots": keep, "removed_when": current_id,
              "removed_at": now}).encode("utf-8"))
+    kept = newest | (set(in_use()) & set(committed))
     listed_by_kept = set()
     for snapshot_id in kept:
         listed_by_kept.update(DatasetManifest.from_json(read_text(snapshot_path(dataset_dir, snapshot_id))).spans)
@@ -169,6 +175,11 @@ def expire(dataset_dir: str, *, keep: int, current_id: int, in_use: set[int] = f
             if span not in listed_by_kept:
                 delete_tree(span_dir(dataset_dir, span))
     return expired
+
+
+def is_removed(dataset_dir: str, snapshot_id: int) -> bool:
+    """Whether retention marked snapshot `snapshot_id` removed (its spans may be deleted)."""
+    return FileSystems.exists(tombstone_path(dataset_dir, snapshot_id))
 
 
 def rollback(dataset_dir: str, snapshot_id: int, *, run_id: str) -> DatasetManifest:

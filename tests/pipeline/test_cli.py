@@ -44,7 +44,7 @@ def help_sections(text: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("module, groups", [
     ("beam_jobs.preprocess", ["options", "inputs", "output and snapshots", "streaming (--watch)",
-                              "audio featurization", "image featurization", "splits",
+                              "running unattended", "audio featurization", "image featurization", "splits",
                               "keyword spotting (audio): _unknown_ and _silence_ classes, as Speech Commands has them",
                               "runner (flags this command does not know are Beam pipeline options: below)"]),
     ("trainer.train", ["options", "data, model folder and workers", "model and optimisation", "devices",

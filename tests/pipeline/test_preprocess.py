@@ -27,7 +27,7 @@ TFDS_METADATA = {TFDS_INFO_NAME, TFDS_FEATURES_NAME, TFDS_LABELS_NAME}
 SPAN_METADATA = {SPAN_MANIFEST_NAME, SPAN_FILES_NAME, SPAN_ERRORS_NAME}  # beside a span's shards, with TFDS'
 DATASET_FOLDER = {MANIFEST_NAME, "snapshots", "spans"}
 from beam_jobs.inputs.splits import SPLITS, SplitRule
-from beam_jobs.pipeline.noise import NOISE_FOLDER_NAME
+from beam_jobs.table.layout import NOISE_FOLDER_NAME
 from beam_jobs.records.features import FEATURES
 from beam_jobs.runners.default import find_prism
 from beam_jobs.table.manifest import DatasetManifest
