@@ -25,6 +25,7 @@ the status, the current snapshots are whole (see "Running unattended" in the REA
 """
 import datetime
 import sys
+import traceback
 
 from beam_jobs.console import logs
 
@@ -63,7 +64,7 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     output_dir = settings.output_dir
     temp_dir = run_temp_dir(output_dir, run_id)
 
-    def remove_own_files():  # what the supervisor removes when it stops the run before its commit
+    def remove_own_files():  # what a run stopped before its commit removes: its span, temporary folder, lease
         for modality in settings.roots:
             delete_tree(span_dir(settings.dataset_dir(modality), run_id))
         release_lease(output_dir, run_id)
@@ -72,28 +73,41 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
             max_run_seconds=settings.max_run_minutes and settings.max_run_minutes * 60, on_abort=remove_own_files,
             stream=progress_stream, hold_output=not logs.wants_verbose(sys.argv[1:] if argv is None else argv)) \
             as supervisor:
-        clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
-                     committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
-        plans = {modality: plan_on_kept_base(settings, modality, run_id=run_id) for modality in settings.roots}
-        jobs = [ingest.write_work_list(plan, settings=settings, span=run_id, temp_dir=temp_dir)
-                for plan in plans.values() if plan.work]
-        if jobs:
-            options = None  # a small work list runs in this process, without a runner
-            if not runs_in_process(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
-                                   in_process_below=settings.in_process_below):
-                options = PipelineOptions(with_default_runner(pipeline_args))
-                options.view_as(SetupOptions).save_main_session = save_main_session
-            run_pipeline(jobs, settings=settings, options=options, created=created,
-                         progress_dir=f"{temp_dir}/progress", progress_stream=progress_stream)
-            pause_if_asked("span_written")
         try:
+            clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
+                         committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
+            plans = {modality: plan_on_kept_base(settings, modality, run_id=run_id) for modality in settings.roots}
+            jobs = [ingest.write_work_list(plan, settings=settings, span=run_id, temp_dir=temp_dir)
+                    for plan in plans.values() if plan.work]
+            if jobs:
+                options = None  # a small work list runs in this process, without a runner
+                if not runs_in_process(pipeline_args, num_files=sum(len(job.plan.work) for job in jobs),
+                                       in_process_below=settings.in_process_below):
+                    options = PipelineOptions(with_default_runner(pipeline_args))
+                    options.view_as(SetupOptions).save_main_session = save_main_session
+                run_pipeline(jobs, settings=settings, options=options, created=created,
+                             progress_dir=f"{temp_dir}/progress", progress_stream=progress_stream)
+                pause_if_asked("span_written")
             supervisor.start_commit()
-        except DeadlineExceeded:
-            remove_own_files()
-            raise
-        outcomes = {modality: ingest.commit_modality(plan, settings=settings, run_id=run_id, created=created,
-                                                     span=run_id if any(job.plan is plan for job in jobs) else None)
-                    for modality, plan in plans.items()}
+        except Exception as error:  # noqa: BLE001 -- whatever stopped the run before its commit, its files go
+            left = _remove_quietly(remove_own_files)
+            if isinstance(error, (DeadlineExceeded, snapshots.SnapshotConflictError, LeaseLostError)):
+                raise
+            raise RunFailed(f"{logs.one_line(error)}; this run committed nothing and the current snapshots are "
+                            f"unchanged{left}") from error
+        outcomes = {}
+        for modality, plan in plans.items():
+            try:
+                outcomes[modality] = ingest.commit_modality(
+                    plan, settings=settings, run_id=run_id, created=created,
+                    span=run_id if any(job.plan is plan for job in jobs) else None)
+            except LeaseLostError:
+                raise
+            except Exception as error:  # noqa: BLE001 -- a full disk, a read-only folder, an object store gone
+                done = ", ".join(f"{name} snapshot {outcome.manifest.snapshot_id}"
+                                 for name, outcome in outcomes.items() if outcome.committed) or "nothing"
+                raise RunFailed(f"{logs.one_line(error)}; while committing {modality}; this run committed "
+                                f"{done}; the next run completes or removes what it left") from error
         error_rows = ingest.write_errors_file(settings)
     summary = PreprocessSummary(output_dir=output_dir, outcomes=outcomes, errors_path=errors_path(output_dir),
                                 error_rows=[row._asdict() for row in error_rows])
@@ -102,6 +116,19 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
 
 
 _PLAN_ATTEMPTS = 3
+
+
+class RunFailed(RuntimeError):
+    """The run stopped on a fault (a full disk, an unreachable store, a pipeline error); its one line says so."""
+
+
+def _remove_quietly(remove) -> str:
+    """Calls `remove`; '' when it worked, else what a failed run's line adds: the next run removes them."""
+    try:
+        remove()
+    except OSError as error:
+        return f"; its files could not be removed ({logs.one_line(error)}): the next run removes them"
+    return ""
 
 
 def plan_on_kept_base(settings: Settings, modality: str, *, run_id: str) -> ModalityPlan:
@@ -139,12 +166,19 @@ def main(argv=None) -> int:
         logs.configure_logging(verbose=verbose, stream=stderr)
         try:
             summary = run(argv, progress_stream=stderr)
-        except (watch.WatchError, LeaseLostError, snapshots.SnapshotConflictError) as error:
+        except (watch.WatchError, LeaseLostError, snapshots.SnapshotConflictError, RunFailed) as error:
+            if verbose and isinstance(error, RunFailed):
+                traceback.print_exception(error, file=stderr)
             print(f"error: {error}", file=stderr)
             return 1
         except DeadlineExceeded as error:
             print(f"error: {error}", file=stderr)
             return EXIT_DEADLINE
+        except Exception as error:  # noqa: BLE001 -- a failed run says why in one line; --verbose shows where
+            if verbose:
+                raise
+            print(f"error: {logs.one_line(error)} (--verbose shows the traceback)", file=stderr)
+            return 1
     return summary.exit_code()
 
 

@@ -671,8 +671,7 @@ def main(argv=None) -> int:
         except Exception as error:  # noqa: BLE001 -- a failed run says why in one line; --verbose shows where
             if verbose:
                 raise
-            reason = [line for line in str(error).splitlines() if line.strip()] or [""]
-            print(f"error: {type(error).__name__}: {reason[-1].strip()} (--verbose shows the traceback)", file=stderr)
+            print(f"error: {logs.one_line(error)} (--verbose shows the traceback)", file=stderr)
             return 1
     return 0 if summary["predicted"] else 1
 

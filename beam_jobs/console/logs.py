@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 from typing import Callable
@@ -96,6 +97,23 @@ def stderr_filtered(drop: Callable[[str], bool]):
         os.dup2(real_fd, 2)  # the pipe closes once no process holds it any more
         copier.join(timeout=5)
         real_stderr.flush()
+
+
+def one_line(error: BaseException) -> str:
+    """What a failed run prints of `error` without --verbose: the last line of its message, after its type.
+
+    A pipeline's error is often Beam's RuntimeError holding a worker's whole traceback, whose last line is the
+    cause as Python printed it ("OSError: [Errno 28] No space left on device: '...' [while running '...']").
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    exception_type = r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b"
+    # Beam re-raises a worker's error as "RuntimeError: OSError: ...": the wrapper says nothing.
+    while re.match(rf"(RuntimeError|Exception): {exception_type}:", last):
+        last = last.split(": ", 1)[1]
+    if re.match(exception_type, last):
+        return last
+    return f"{type(error).__name__}: {last}" if last else type(error).__name__
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

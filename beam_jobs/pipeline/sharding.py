@@ -33,7 +33,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from beam_jobs.inputs.splits import SPLITS
 from beam_jobs.modalities.spec import Modality
 from beam_jobs.records.examples import encode_example
-from beam_jobs.storage.files import write_atomically
+from beam_jobs.storage.files import naming_the_file, write_atomically
+from beam_jobs.table.failpoints import fail_if_asked
 from beam_jobs.table.integrity import scan_shard
 from beam_jobs.table.layout import (SPAN_ERRORS_NAME, SPAN_FILES_NAME, SPAN_MANIFEST_NAME, shard_name,
                                     temp_part_path, temp_shard_path)
@@ -156,8 +157,10 @@ class PartWriter:
     def write(self, serialized: bytes, *, label_name: str, file_row: tuple) -> None:
         """`file_row`: the input file's root index, relative path, size, modification time and split."""
         if self._handle is None:
+            fail_if_asked("writing", self._temp_path)
             self._handle = FileSystems.create(self._temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
-        _TFRecordUtil.write_record(self._handle, serialized)
+        with naming_the_file(self._temp_path):
+            _TFRecordUtil.write_record(self._handle, serialized)
         self._rows.append((*file_row, label_name, self._num_bytes, len(serialized)))
         self._num_bytes += _TFRecordUtil.encoded_num_bytes(serialized)
         self._label_counts[label_name] = self._label_counts.get(label_name, 0) + 1
@@ -165,7 +168,8 @@ class PartWriter:
     def __exit__(self, exc_type, *_):
         if self._handle is None:
             return
-        self._handle.close()
+        with naming_the_file(self._temp_path):
+            self._handle.close()
         if exc_type is None:
             self.shard_part = ShardPart(*self._key, self._temp_path, len(self._rows), self._label_counts,
                                         self._num_bytes, self._rows)
@@ -187,7 +191,8 @@ class ConcatenateParts(beam.DoFn):
         parts = sorted(parts, key=lambda shard_part: shard_part.part)
         temp_path = temp_shard_path(self._temp_dir, split=split, index=index, compression=self._compression)
         label_counts, rows, offset = {}, [], 0
-        with FileSystems.create(temp_path, compression_type=beam_compression(self._compression)) as shard:
+        with naming_the_file(temp_path), FileSystems.create(
+                temp_path, compression_type=beam_compression(self._compression)) as shard:
             for shard_part in parts:
                 with FileSystems.open(shard_part.temp_path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
                     shutil.copyfileobj(part, shard, COPY_BUFFER_BYTES)

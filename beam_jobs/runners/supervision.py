@@ -49,6 +49,7 @@ FAULTS_VARIABLE = "SOUNDSIGHT_WORKER_FAULTS"  # the folder where worker_client s
 EXIT_WORKER_DIED = 3  # a process of the runner was killed (by a signal) mid-run
 EXIT_DEADLINE = 124  # --max_run_minutes passed (the status coreutils' timeout gives)
 _CHECK_SECONDS = 0.2
+_REPORT_GRACE_SECONDS = 1.0  # how long a failed run waits for the report of a killed process
 HOLD_SECONDS = 2.0  # how long the launcher's error output waits before it is shown, while supervised
 
 
@@ -223,16 +224,26 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc_value, traceback):
         self._stop.set()
         self._thread.join()
+        if exc_type is not None and self._watching:
+            # The runner may fail before the fault that made it fail is reported: wait for the report a moment.
+            give_up = time.monotonic() + _REPORT_GRACE_SECONDS
+            while time.monotonic() < give_up:
+                fault = self._find_fault(deadline_too=False)
+                if fault is not None:
+                    self._abort(*fault)
+                time.sleep(_CHECK_SECONDS / 4)
+            if self._held:
+                self._held.drop()  # the run fails with the exception's one line; --verbose shows it all
         if self._previous_variable is None:
             os.environ.pop(FAULTS_VARIABLE, None)
         else:
             os.environ[FAULTS_VARIABLE] = self._previous_variable
         shutil.rmtree(self._faults_dir, ignore_errors=True)
         if self._held:
-            self._held.__exit__(*exc_info)
+            self._held.__exit__(exc_type, exc_value, traceback)
 
     def start_commit(self) -> None:
         """Called before the run's first commit: from here on the run finishes its commits. Raises
@@ -255,7 +266,7 @@ class Supervisor:
                 if self._watching:
                     self._abort(*fault)
 
-    def _find_fault(self) -> tuple[str, int] | None:
+    def _find_fault(self, *, deadline_too: bool = True) -> tuple[str, int] | None:
         for name in sorted(os.listdir(self._faults_dir)):
             if name.endswith(".json"):  # renamed into place whole by worker_client.report_killed
                 with open(os.path.join(self._faults_dir, name)) as handle:
@@ -267,7 +278,7 @@ class Supervisor:
             pid, name, signal_number = killed
             return f"process {pid} ({name}), started by this run, was {describe_death(signal_number)}", \
                 EXIT_WORKER_DIED
-        if self._deadline is not None and time.monotonic() > self._deadline:
+        if deadline_too and self._deadline is not None and time.monotonic() > self._deadline:
             return self._deadline_line(), EXIT_DEADLINE
         return None
 

@@ -20,8 +20,10 @@ create here. s3:// calls reach the endpoint with the keys of the pipeline
 options (--s3_endpoint_url, --s3_access_key_id, ...) that Beam's S3 file system
 uses, so the commit lands where the pipeline wrote.
 """
+import contextlib
 import fnmatch
 import functools
+import logging
 import os
 import shutil
 import uuid
@@ -62,8 +64,20 @@ def unique_temp_name(path: str) -> str:
     return f"{path}.tmp-{uuid.uuid4().hex}"
 
 
+@contextlib.contextmanager
+def naming_the_file(path: str):
+    """Within the block, an OSError that names no file (a buffered write's ENOSPC) is raised again naming
+    `path`, so that the run's one line says where the disk filled."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, path) from error
+        raise
+
+
 def _write(path: str, data: bytes) -> None:
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with naming_the_file(path), FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         handle.write(data)
 
 
@@ -77,11 +91,27 @@ def write_atomically(path: str, data: bytes) -> None:
         _write(path, data)
         return
     temp_path = unique_temp_name(path)
-    _write(temp_path, data)
-    if scheme is None:
-        os.replace(temp_path, path)  # FileSystems.rename refuses to replace an existing file
-    else:
-        FileSystems.rename([temp_path], [path])
+    try:
+        _write(temp_path, data)
+        if scheme is None:
+            os.replace(temp_path, path)  # FileSystems.rename refuses to replace an existing file
+        else:
+            FileSystems.rename([temp_path], [path])
+    except OSError:
+        _remove_if_there(temp_path)  # a full disk, a read-only folder: nothing half-written stays
+        raise
+
+
+def _remove_if_there(path: str) -> None:
+    try:
+        if is_local(path):
+            os.remove(path)
+        elif FileSystems.exists(path):
+            FileSystems.delete([path])
+    except FileNotFoundError:
+        pass  # never created
+    except OSError as error:
+        logging.warning("could not remove the temporary file %s (%s); a vacuum removes it", path, error)
 
 
 def create_exclusive(path: str, data: bytes) -> None:
@@ -89,16 +119,16 @@ def create_exclusive(path: str, data: bytes) -> None:
     if is_local(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         temp_path = unique_temp_name(path)
-        with open(temp_path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
+            with naming_the_file(path), open(temp_path, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.link(temp_path, path)
         except FileExistsError as error:
             raise AlreadyExistsError(path) from error
         finally:
-            os.remove(temp_path)
+            _remove_if_there(temp_path)
         return
     if FileSystems.get_scheme(path) == "s3":
         _create_exclusive_s3(path, data)

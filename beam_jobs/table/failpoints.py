@@ -16,7 +16,16 @@ every point at the cost of one lookup.
   committed      the snapshot's manifest is created; the pointer still names the base
   pointer_moved  the pointer names the new snapshot; retention and clean-up have not run
   predictions_written  trainer.batch_predict has written and checked its output; nothing is committed yet
+
+`fail_if_asked` stands in for a file system the fault tests cannot make where
+they may not mount one (a full disk, a read-only folder: a tmpfs needs root):
+with SOUNDSIGHT_FAIL_AT=POINT:ERRNO it raises that OSError about the path, as
+the file system would.
+
+  writing        a worker creates a temporary part of a shard
+  committing     the launcher creates the new snapshot's manifest
 """
+import errno
 import os
 import time
 
@@ -33,3 +42,10 @@ def pause_if_asked(point: str) -> None:
     resume = os.environ.get("SOUNDSIGHT_RESUME_FILE")
     while not (resume and os.path.exists(resume)):
         time.sleep(0.1 if resume else 60)
+
+
+def fail_if_asked(point: str, path: str) -> None:
+    name, _, code = os.environ.get("SOUNDSIGHT_FAIL_AT", "").partition(":")
+    if name == point:
+        number = getattr(errno, code)
+        raise OSError(number, os.strerror(number), path)

@@ -199,10 +199,16 @@ class LeaseKeeper:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc_value, traceback):
         self._stop.set()
         self._thread.join()
-        release_lease(self.output_dir, self.run_id)
+        try:
+            release_lease(self.output_dir, self.run_id)
+        except OSError as error:
+            if exc_type is None:
+                raise
+            # The fault that ended the run may keep its files too (a read-only folder): the next run removes them.
+            logging.warning("could not remove this run's lease and temporary folder (%s)", error)
 
     def _renew_until_stopped(self) -> None:
         last_renewed = time.monotonic()

@@ -33,7 +33,7 @@ from beam_jobs.inputs.reading import read_text
 from beam_jobs.inputs.splits import SPLITS
 from beam_jobs.storage.files import AlreadyExistsError, create_exclusive, delete_tree, list_names
 from beam_jobs.storage.files import write_atomically
-from beam_jobs.table.failpoints import pause_if_asked
+from beam_jobs.table.failpoints import fail_if_asked, pause_if_asked
 from beam_jobs.table.layout import (SNAPSHOTS_FOLDER, SPAN_ERRORS_NAME, SPAN_MANIFEST_NAME,
                                     SPANS_FOLDER, manifest_path, snapshot_path, span_dir, tombstone_path)
 from beam_jobs.table.manifest import DatasetManifest, SplitInfo, resolve_manifest
@@ -123,6 +123,7 @@ def commit(dataset_dir: str, manifest: DatasetManifest) -> None:
     """
     path = snapshot_path(dataset_dir, manifest.snapshot_id)
     data = manifest.to_json().encode("utf-8")
+    fail_if_asked("committing", path)
     try:
         create_exclusive(path, data)
     except AlreadyExistsError as error:

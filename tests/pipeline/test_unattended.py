@@ -6,21 +6,28 @@ Each run is `python -m beam_jobs.preprocess` in a process group of its own, held
 the run ended in bounded time, that the current snapshot verifies, and that the next run succeeds and leaves
 no debris.
 """
+import contextlib
 import datetime
+import errno
 import json
 import os
 import pathlib
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
+from beam_jobs import preprocess
 from beam_jobs.table import snapshots
 from beam_jobs.table.runs import Lease, LeaseLostError, check_lease_held, write_lease
 from dataset_checks import assert_no_debris, assert_verifies, current, record_paths, span_folders  # noqa: I100
-from test_snapshots import good_inputs, ingest, run_module, start_preprocess, wait_for_pause, write_class
+from test_object_store import BUCKET, free_port, store  # noqa: F401 -- store: moto's S3 server, a fixture
+from test_snapshots import (REPO, good_inputs, ingest, run_module, start_preprocess, wait_for_pause,
+                            write_class)
 
 BOUND_S = 45  # a faulty run must end well within this (the issue's bound for a dead worker is 30 s)
 
@@ -35,9 +42,10 @@ def assert_one_line_and_no_traceback(output: str) -> str:
     return line
 
 
-def seeded(tmp_path, write_wav, *, extra: int = 12):
-    """An audio dataset at snapshot 1 (8 files), then `extra` new files waiting in the root."""
-    root, out = tmp_path / "in", tmp_path / "out"
+def seeded(tmp_path, write_wav, *, extra: int = 12, out: pathlib.Path | None = None):
+    """An audio dataset at snapshot 1 (8 files) in `out` (tmp_path/out), then `extra` new files waiting in the
+    root."""
+    root, out = tmp_path / "in", out or tmp_path / "out"
     write_class(write_wav, root, "high", [f"h{i}" for i in range(4)], frequency=2000)
     write_class(write_wav, root, "low", [f"l{i}" for i in range(4)], frequency=300)
     ingest(root, out)
@@ -200,6 +208,91 @@ def test_a_run_past_its_deadline_stops_commits_nothing_and_exits_124(tmp_path, w
     assert_snapshot_intact_and_next_run_succeeds(root, out, write_wav, example_parser, snapshot_id=1)
 
 
+# --- a full disk, a read-only folder ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def small_disk(folder: pathlib.Path, *, size_kib: int):
+    """A tmpfs of `size_kib` at `folder`; yields whether it is one. Mounting needs root (CI has it); elsewhere
+    `folder` is a plain folder and the tests inject the file system's errors (`fail_if_asked`) instead."""
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def remount(folder: pathlib.Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True, capture_output=True)
+
+
+def fill(folder: pathlib.Path) -> pathlib.Path:
+    """Writes a file into `folder` until its file system is full; returns it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_disk_that_fills_while_shards_are_written_fails_the_run_in_one_line(tmp_path, write_wav, runner_flags,
+                                                                             example_parser):
+    with small_disk(tmp_path / "disk", size_kib=1536) as mounted:
+        root, out = seeded(tmp_path, write_wav, extra=0, out=tmp_path / "disk" / "out")
+        write_class(write_wav, root, "mid", [f"m{i}" for i in range(120)], frequency=900)  # 3 MB of records
+        log = tmp_path / "run.log"
+        run = start_preprocess(root, out, log, *runner_flags["multi_processing"],
+                               env={} if mounted else {"SOUNDSIGHT_FAIL_AT": "writing:ENOSPC"})
+        status = run.wait(timeout=BOUND_S)
+
+        output = log.read_text()
+        line = assert_one_line_and_no_traceback(output)
+        assert status == 1 and "No space left on device" in line and str(out) in line, output
+        assert "committed nothing and the current snapshots are unchanged" in line, line
+        assert_no_debris(out)  # its temporary files, its span and its lease removed
+        if mounted:
+            remount(tmp_path / "disk", "size=64m")
+        assert_snapshot_intact_and_next_run_succeeds(root, out, write_wav, example_parser, snapshot_id=1)
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_commit_on_a_full_or_read_only_disk_fails_in_one_line_and_the_next_run_recovers(
+        fault, tmp_path, write_wav, runner_flags, example_parser):
+    with small_disk(tmp_path / "disk", size_kib=4096) as mounted:
+        root, out = seeded(tmp_path, write_wav, out=tmp_path / "disk" / "out")
+        pause_file, resume_file, log = tmp_path / "paused", tmp_path / "resume", tmp_path / "run.log"
+        injected = {"full": "committing:ENOSPC", "read-only": "committing:EROFS"}[fault]
+        run = start_preprocess(root, out, log, *runner_flags["in_memory"],
+                               env={"SOUNDSIGHT_PAUSE_AT": "span_written", "SOUNDSIGHT_PAUSE_FILE": str(pause_file),
+                                    "SOUNDSIGHT_RESUME_FILE": str(resume_file),
+                                    **({} if mounted else {"SOUNDSIGHT_FAIL_AT": injected})})
+        wait_for_pause(run, pause_file, log)  # the span is written; the commit comes next
+        filler = None
+        if mounted and fault == "full":
+            filler = fill(tmp_path / "disk")
+        elif mounted:
+            remount(tmp_path / "disk", "ro")
+        resume_file.touch()
+        status = run.wait(timeout=BOUND_S)
+
+        output = log.read_text()
+        line = assert_one_line_and_no_traceback(output)
+        cause = {"full": "No space left on device", "read-only": "Read-only file system"}[fault]
+        assert status == 1 and cause in line and str(out / "audio") in line, output
+        assert "while committing audio; this run committed nothing" in line, line
+        if filler:
+            filler.unlink()
+        elif mounted:
+            remount(tmp_path / "disk", "rw")
+        assert_snapshot_intact_and_next_run_succeeds(root, out, write_wav, example_parser, snapshot_id=1)
+
+
 # --- vacuum ---------------------------------------------------------------------------------------------------
 
 def test_vacuum_removes_only_old_unreferenced_files_and_a_dry_run_only_lists_them(tmp_path, write_wav):
@@ -232,3 +325,107 @@ def test_vacuum_removes_only_old_unreferenced_files_and_a_dry_run_only_lists_the
     assert_verifies(dataset)
     bad = run_module("beam_jobs.snapshots", str(dataset), "--vacuum")
     assert bad.returncode == 2 and "give the output folder" in bad.stderr
+
+
+# --- an object store that goes away and comes back --------------------------------------------------------------
+
+class StoreLink:
+    """A TCP proxy in front of moto's S3 server, which a test takes down (connections refused, open ones cut)
+    and brings back: the object store going away mid-run, as a run sees it, while moto keeps its objects."""
+
+    def __init__(self, target_port: int):
+        self.port = free_port()
+        self._target_port = target_port
+        self._listener = None
+        self._connections = []
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self._connections.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # taken down
+            server = socket.create_connection(("127.0.0.1", self._target_port))
+            with self._lock:
+                self._connections += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def link(store):
+    link = StoreLink(int(store.endpoint.rsplit(":", 1)[1]))
+    link.up()
+    yield link
+    with contextlib.suppress(OSError):
+        link.down()
+
+
+def test_an_object_store_that_goes_away_mid_run_fails_it_in_one_line_and_the_next_run_succeeds(
+        store, link, tmp_path, write_wav):
+    flags = [f.replace(store.endpoint, link.endpoint) for f in store.flags]
+    raw = tmp_path / "raw"
+    write_class(write_wav, raw, "high", [f"h{i}" for i in range(4)], frequency=2000)
+    write_class(write_wav, raw, "low", [f"l{i}" for i in range(4)], frequency=300)
+    audio_url = store.upload_tree(raw, "down/speech")
+    out_url = f"s3://{BUCKET}/down/out"
+    ingest_url(audio_url, out_url, flags)
+    write_class(write_wav, raw, "mid", [f"m{i}" for i in range(6)], frequency=900)
+    store.upload_tree(raw, "down/speech")
+    pause_file, resume_file, log = tmp_path / "paused", tmp_path / "resume", tmp_path / "run.log"
+    with open(log, "w") as handle:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "beam_jobs.preprocess", f"--audio_root={audio_url}", f"--output_dir={out_url}",
+             "--runner=FnApiRunner", "--direct_running_mode=in_memory", *flags], cwd=REPO, stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SOUNDSIGHT_PAUSE_AT": "span_written", "SOUNDSIGHT_PAUSE_FILE": str(pause_file),
+                 "SOUNDSIGHT_RESUME_FILE": str(resume_file)})
+    wait_for_pause(run, pause_file, log)
+    link.down()  # the store goes away between the span and the commit
+    resume_file.touch()
+    status = run.wait(timeout=BOUND_S)
+
+    output = log.read_text()
+    line = assert_one_line_and_no_traceback(output)
+    assert status == 1 and f"{out_url}/" in line and "while committing audio" in line, output
+    link.up()
+    after = ingest_url(audio_url, out_url, flags).manifests["audio"]
+    assert (after.snapshot_id, after.parent_snapshot) == (2, 1)
+    leftovers = [name for name in store.files(out_url) if ".tmp-" in name or name.startswith(".runs/")]
+    assert leftovers == [], "the next run removes what the failed one left"
+    assert sum(split.num_examples for split in after.splits.values()) == 14
+
+
+def ingest_url(audio_url: str, out_url: str, flags: list[str]):
+    return preprocess.run([f"--audio_root={audio_url}", f"--output_dir={out_url}", "--runner=FnApiRunner",
+                           "--direct_running_mode=in_memory", *flags], save_main_session=False)
