@@ -58,7 +58,9 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     """
     settings, pipeline_args = parse_settings(argv)
     if settings.watch is not None:
-        return watch.run_watch(settings, pipeline_args, save_main_session=save_main_session)
+        return watch.run_watch(settings, pipeline_args, save_main_session=save_main_session,
+                               verbose=logs.wants_verbose(sys.argv[1:] if argv is None else argv),
+                               error_stream=progress_stream)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
     output_dir = settings.output_dir
@@ -126,7 +128,7 @@ def _remove_quietly(remove) -> str:
     """Calls `remove`; '' when it worked, else what a failed run's line adds: the next run removes them."""
     try:
         remove()
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 -- an OSError, or an object store's client error
         return f"; its files could not be removed ({logs.one_line(error)}): the next run removes them"
     return ""
 

@@ -4,21 +4,18 @@ Files are read through Beam's `FileSystems`, so local paths and URLs (gs://,
 s3://) work alike. The listing is `beam_jobs.pipeline.plan.list_input_files`; the rules
 of the tree come from `beam_jobs.inputs.tree`.
 """
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
-from beam_jobs.storage.files import open_for_reading
+from beam_jobs.storage.files import exists, open_for_reading, read_bytes
 
 READ_CHUNK_BYTES = 1024 * 1024
 
 
 def read_text(path: str) -> str:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read().decode("utf-8")
+    """A small text file (a manifest, a lease); FileNotFoundError when there is none."""
+    return read_bytes(path).decode("utf-8")
 
 
 def read_text_if_present(path: str) -> str | None:
-    return read_text(path) if FileSystems.exists(path) else None
+    return read_text(path) if exists(path) else None
 
 
 def read_at_most(path: str, *, limit: int, expected_bytes: int) -> bytes:

@@ -56,11 +56,12 @@ from beam_jobs.pipeline.recipe import write_span_in_process
 from beam_jobs.pipeline.settings import Settings
 from beam_jobs.pipeline.summary import format_commit
 from beam_jobs.runners.default import with_streaming_runner
+from beam_jobs.runners.supervision import Supervisor
 from beam_jobs.storage.files import delete_tree, write_atomically
 from beam_jobs.table import snapshots
 from beam_jobs.table.layout import run_temp_dir
 from beam_jobs.table.manifest import DatasetManifest, SnapshotRemovedError
-from beam_jobs.table.runs import LeaseKeeper, clean_debris, new_run_id
+from beam_jobs.table.runs import LeaseKeeper, clean_debris, new_run_id, release_lease
 
 STOP_NAME = "stop"  # in the run's temporary folder: the launcher asks the modalities to commit and stop
 _CHECK_SECONDS = 0.5  # how often the launcher looks for new snapshots, a failed pipeline or a finished stop
@@ -261,7 +262,7 @@ def start_pipeline(settings: Settings, pipeline_args: list[str], *, run_id: str,
 
 
 def run_watch(settings: Settings, pipeline_args: list[str], *, save_main_session: bool = True,
-              out=sys.stdout) -> WatchSummary:
+              out=sys.stdout, verbose: bool = False, error_stream=None) -> WatchSummary:
     """Runs the watch until a signal stops it; prints a line per committed snapshot."""
     output_dir = settings.output_dir
     run_id = new_run_id()
@@ -271,7 +272,12 @@ def run_watch(settings: Settings, pipeline_args: list[str], *, save_main_session
         clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
                      committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))
         seen = {modality: _current_id(settings, modality) for modality in settings.roots}
-        with StopRequests(f"{temp_dir}/{STOP_NAME}") as stops:
+        # A runner process killed by a signal (Prism; the SDK workers are threads here) ends the watch in one
+        # line with EXIT_WORKER_DIED, for a supervisor to restart it; what it committed stays.
+        with StopRequests(f"{temp_dir}/{STOP_NAME}") as stops, Supervisor(
+                max_run_seconds=None, on_abort=lambda: release_lease(output_dir, run_id), stream=error_stream,
+                what="the watch", hold_output=not verbose,
+                stopped="the watch stopped; its commits stay, and a restarted watch goes on from them"):
             result = start_pipeline(settings, pipeline_args, run_id=run_id, save_main_session=save_main_session)
             print(f"watching {', '.join(root for roots in settings.roots.values() for root in roots)}: a poll every "
                   f"{settings.watch.poll_seconds:g} s, a commit at most every {settings.watch.commit_seconds:g} s "

@@ -200,12 +200,14 @@ class Supervisor:
     module docstring) until `supervisor.start_commit()`, or the end of the block."""
 
     def __init__(self, *, max_run_seconds: float | None, on_abort: Callable[[], None], stream=None,
-                 what: str = "this run", hold_output: bool = True):
+                 what: str = "this run", hold_output: bool = True,
+                 stopped: str = "the run stopped and committed nothing; the current snapshot is unchanged"):
         self._deadline = None if max_run_seconds is None else time.monotonic() + max_run_seconds
         self._max_run_seconds = max_run_seconds
         self._on_abort = on_abort
         self._stream = stream
         self._what = what
+        self._stopped = stopped  # what the line says after the fault
         self._lock = threading.Lock()
         self._watching = True
         self._stop = threading.Event()
@@ -235,8 +237,8 @@ class Supervisor:
                 if fault is not None:
                     self._abort(*fault)
                 time.sleep(_CHECK_SECONDS / 4)
-            if self._held:
-                self._held.drop()  # the run fails with the exception's one line; --verbose shows it all
+        if exc_type is not None and self._held:
+            self._held.drop()  # the run fails with the exception's one line; --verbose shows it all
         if self._previous_variable is None:
             os.environ.pop(FAULTS_VARIABLE, None)
         else:
@@ -297,7 +299,7 @@ class Supervisor:
             logging.warning("could not remove this run's files (%s); the next run removes them", error)
         shutil.rmtree(self._faults_dir, ignore_errors=True)
         if status == EXIT_WORKER_DIED:
-            reason += "; the run stopped and committed nothing; the current snapshot is unchanged"
+            reason += f"; {self._stopped}"
         stream = self._stream or sys.stderr
         stream.write(f"\nerror: {reason}\n")
         stream.flush()

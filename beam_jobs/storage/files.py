@@ -152,29 +152,107 @@ def open_for_reading(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _beam_s3_client(path: str):
-    """Beam's S3 client (a wrapper of boto3's), built from the options `FileSystems` hands its S3 file system."""
+def _s3_settings(path: str) -> tuple:
+    """The S3 options `FileSystems` hands its S3 file system, as a hashable tuple."""
     options = FileSystems.get_filesystem(path)._options or {}  # Beam exposes them no other way
     if isinstance(options, PipelineOptions):
         options = options.get_all_options()
-    return _cached_s3_client(tuple((name, options.get(name)) for name in _S3_OPTION_NAMES))
+    return tuple((name, options.get(name)) for name in _S3_OPTION_NAMES)
+
+
+def _beam_s3_client(path: str):
+    """Beam's S3 client (a wrapper of boto3's), built from the options `FileSystems` hands its S3 file system."""
+    return _cached_s3_client(_s3_settings(path))
 
 
 def _s3_client(path: str):
-    """The boto3 S3 client, for what Beam's wrapper cannot do (conditional writes)."""
-    return _beam_s3_client(path).client
+    """A boto3 S3 client for the launcher's own small reads and writes (leases, manifests, the commit), with the
+    endpoint and keys of Beam's, and bounded retries: Beam's S3 IO retries each call 7 times from 5 s on, about
+    10 minutes before a run could say that the store is gone; this client gives up after S3_MAX_ATTEMPTS tries
+    with botocore's standard backoff (connection errors, 5xx, throttling), within seconds."""
+    return _cached_bounded_s3_client(_s3_settings(path))
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_s3_client(settings: tuple):
-    # Kept: a client costs 0.1-0.4 CPU s to build (botocore parses its JSON service models anew), and
-    # every progress file and lease is a PutObject.
+    # Kept: a client costs 0.1-0.4 CPU s to build (botocore parses its JSON service models anew).
     from apache_beam.io.aws.clients.s3 import boto3_client
     return boto3_client.Client(options=dict(settings))
 
 
-def _put_s3(path: str, data: bytes, **conditions) -> None:
+S3_MAX_ATTEMPTS = 5
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_bounded_s3_client(settings: tuple):  # kept, as above: every progress file and lease is a PutObject
+    import boto3
+    from botocore.config import Config
+    options = dict(settings)
+    return boto3.session.Session().client(
+        "s3", region_name=options.get("s3_region_name"), api_version=options.get("s3_api_version"),
+        use_ssl=not options.get("s3_disable_ssl"), verify=options.get("s3_verify"),
+        endpoint_url=options.get("s3_endpoint_url"), aws_access_key_id=options.get("s3_access_key_id"),
+        aws_secret_access_key=options.get("s3_secret_access_key"),
+        aws_session_token=options.get("s3_session_token"),
+        config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}, connect_timeout=10,
+                      read_timeout=60))
+
+
+def _bucket_and_key(path: str) -> tuple[str, str]:
     bucket, _, key = path[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file at `path` (a small one: a manifest, a lease); FileNotFoundError when there is none."""
+    if FileSystems.get_scheme(path) != "s3":
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    from botocore.exceptions import ClientError
+    bucket, key = _bucket_and_key(path)
+    try:
+        return _s3_client(path).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(2, "No such file", path) from error
+        raise
+
+
+def exists(path: str) -> bool:
+    if FileSystems.get_scheme(path) != "s3":
+        return FileSystems.exists(path)
+    from botocore.exceptions import ClientError
+    bucket, key = _bucket_and_key(path)
+    try:
+        _s3_client(path).head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def delete_files(paths: list[str]) -> None:
+    """Deletes the files `paths` (on s3://, in batches of 1000, the most one request takes)."""
+    s3_paths = [path for path in paths if FileSystems.get_scheme(path) == "s3"]
+    if len(s3_paths) < len(paths):
+        FileSystems.delete([path for path in paths if FileSystems.get_scheme(path) != "s3"])
+    for start in range(0, len(s3_paths), 1000):
+        batch = s3_paths[start:start + 1000]
+        bucket = _bucket_and_key(batch[0])[0]
+        _s3_client(batch[0]).delete_objects(Bucket=bucket, Delete={
+            "Objects": [{"Key": _bucket_and_key(path)[1]} for path in batch], "Quiet": True})
+
+
+def _list_s3(prefix: str) -> list[str]:
+    """The keys' full paths of every object whose path starts with `prefix` (s3://bucket/...)."""
+    bucket, key_prefix = _bucket_and_key(prefix)
+    pages = _s3_client(prefix).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
+    return [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])]
+
+
+def _put_s3(path: str, data: bytes, **conditions) -> None:
+    bucket, key = _bucket_and_key(path)
     _s3_client(path).put_object(Bucket=bucket, Key=key, Body=data, **conditions)
 
 
@@ -206,6 +284,9 @@ def delete_tree(path: str) -> None:
         if os.path.isdir(path):
             shutil.rmtree(path)
         return
+    if FileSystems.get_scheme(path) == "s3":
+        delete_files(_list_s3(f"{path.rstrip('/')}/"))
+        return
     files = [metadata.path for metadata in FileSystems.match([f"{path.rstrip('/')}/**"])[0].metadata_list]
     if files:
         FileSystems.delete(files)
@@ -221,6 +302,9 @@ def list_names(folder: str, pattern: str = "*") -> list[str]:
     prefix = f"{folder.rstrip('/')}/"
     # An object store has no folders, only names with slashes: a folder is the first segment of the names
     # of the objects under it, which `pattern` alone (no "/" in a "*") would never match.
-    names = {metadata.path[len(prefix):].split("/")[0]
-             for metadata in FileSystems.match([f"{prefix}{pattern}**"])[0].metadata_list}
+    if FileSystems.get_scheme(folder) == "s3":
+        paths = _list_s3(prefix)
+    else:
+        paths = [metadata.path for metadata in FileSystems.match([f"{prefix}{pattern}**"])[0].metadata_list]
+    names = {path[len(prefix):].split("/")[0] for path in paths}
     return sorted(name for name in names if fnmatch.fnmatch(name, pattern))

@@ -36,10 +36,8 @@ import time
 import uuid
 from typing import Callable
 
-from apache_beam.io.filesystems import FileSystems
-
 from beam_jobs.inputs.reading import read_text
-from beam_jobs.storage.files import delete_tree, list_names, write_atomically
+from beam_jobs.storage.files import delete_files, delete_tree, exists, list_names, write_atomically
 from beam_jobs.table.layout import (RUNS_FOLDER, SPANS_FOLDER, TEMP_PREFIX, dataset_dir, lease_path,
                                     run_temp_dir, span_dir)
 
@@ -204,11 +202,12 @@ class LeaseKeeper:
         self._thread.join()
         try:
             release_lease(self.output_dir, self.run_id)
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 -- an OSError, or an object store's client error
             if exc_type is None:
                 raise
-            # The fault that ended the run may keep its files too (a read-only folder): the next run removes them.
-            logging.warning("could not remove this run's lease and temporary folder (%s)", error)
+            # The fault that ended the run may keep its files too (a read-only folder, a store gone): its one line
+            # says that the next run removes them.
+            logging.debug("could not remove this run's lease and temporary folder (%s)", error)
 
     def _renew_until_stopped(self) -> None:
         last_renewed = time.monotonic()
@@ -221,8 +220,9 @@ class LeaseKeeper:
                 _update_lease(self.output_dir, self.run_id, renewed=_timestamp(_now()))
             except LeaseLostError:
                 return  # check_lease_held says so before the commit
-            except OSError as error:
-                logging.warning("could not renew this run's lease (%s); trying again", error)
+            except Exception as error:  # noqa: BLE001 -- an OSError, or an object store's client error
+                logging.warning("could not renew this run's lease (%s: %s); trying again", type(error).__name__,
+                                error)
                 continue
             last_renewed = time.monotonic()
 
@@ -231,8 +231,8 @@ def release_lease(output_dir: str, run_id: str) -> None:
     """Deletes the run's temporary folder, then its lease: a temporary folder without a lease is debris."""
     delete_tree(run_temp_dir(output_dir, run_id))
     path = lease_path(output_dir, run_id)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    if exists(path):
+        delete_files([path])
 
 
 def read_leases(output_dir: str) -> dict[str, Lease]:
@@ -268,7 +268,7 @@ def clean_debris(output_dir: str, *, modalities, committed_spans: Callable[[str]
             delete_tree(path)
             deleted.append(path)
     for run_id in sorted(set(leases) - live):
-        FileSystems.delete([lease_path(output_dir, run_id)])
+        delete_files([lease_path(output_dir, run_id)])
         deleted.append(lease_path(output_dir, run_id))
     for path in deleted:
         logging.info("removed the leftovers of a run that died: %s", path)

@@ -27,11 +27,9 @@ import json
 import logging
 from typing import Callable
 
-from apache_beam.io.filesystems import FileSystems
-
 from beam_jobs.inputs.reading import read_text
 from beam_jobs.inputs.splits import SPLITS
-from beam_jobs.storage.files import AlreadyExistsError, create_exclusive, delete_tree, list_names
+from beam_jobs.storage.files import AlreadyExistsError, create_exclusive, delete_tree, exists, list_names
 from beam_jobs.storage.files import write_atomically
 from beam_jobs.table.failpoints import fail_if_asked, pause_if_asked
 from beam_jobs.table.layout import (SNAPSHOTS_FOLDER, SPAN_ERRORS_NAME, SPAN_MANIFEST_NAME,
@@ -55,7 +53,7 @@ def snapshot_ids(dataset_dir: str) -> tuple[list[int], set[int]]:
 
 def load(dataset_dir: str, snapshot_id: int | None = None) -> DatasetManifest:
     """The manifest of a snapshot (the current one when None): see `beam_jobs.table.manifest.resolve_manifest`."""
-    return resolve_manifest(dataset_dir, snapshot_id, read_text=read_text, exists=FileSystems.exists)
+    return resolve_manifest(dataset_dir, snapshot_id, read_text=read_text, exists=exists)
 
 
 def latest(dataset_dir: str) -> DatasetManifest | None:
@@ -68,7 +66,7 @@ def latest(dataset_dir: str) -> DatasetManifest | None:
         return None
     manifest = DatasetManifest.from_json(read_text(snapshot_path(dataset_dir, committed[-1])))
     pointer = manifest_path(dataset_dir)
-    current = DatasetManifest.from_json(read_text(pointer)) if FileSystems.exists(pointer) else None
+    current = DatasetManifest.from_json(read_text(pointer)) if exists(pointer) else None
     if current is None or current.snapshot_id != manifest.snapshot_id:
         logging.warning("%s: the pointer was left on %s by a run that died after committing snapshot %d; "
                         "moving it to snapshot %d", dataset_dir, current.describe() if current else "nothing",
@@ -80,7 +78,7 @@ def latest(dataset_dir: str) -> DatasetManifest | None:
 def previous_manifest(dataset_dir: str) -> DatasetManifest | None:
     """What a run builds on: the latest snapshot, or a manifest written before snapshots, or None."""
     manifest = latest(dataset_dir)
-    if manifest is None and FileSystems.exists(manifest_path(dataset_dir)):
+    if manifest is None and exists(manifest_path(dataset_dir)):
         manifest = DatasetManifest.from_json(read_text(manifest_path(dataset_dir)))
     return manifest
 
@@ -180,7 +178,7 @@ def expire(dataset_dir: str, *, keep: int, current_id: int,
 
 def is_removed(dataset_dir: str, snapshot_id: int) -> bool:
     """Whether retention marked snapshot `snapshot_id` removed (its spans may be deleted)."""
-    return FileSystems.exists(tombstone_path(dataset_dir, snapshot_id))
+    return exists(tombstone_path(dataset_dir, snapshot_id))
 
 
 def rollback(dataset_dir: str, snapshot_id: int, *, run_id: str) -> DatasetManifest:
@@ -207,7 +205,7 @@ def rollback(dataset_dir: str, snapshot_id: int, *, run_id: str) -> DatasetManif
 def snapshot_listing(dataset_dir: str) -> list[str]:
     """One line per committed snapshot: what `python -m beam_jobs.snapshots OUT/audio` prints."""
     committed, removed = snapshot_ids(dataset_dir)
-    current = load(dataset_dir).snapshot_id if FileSystems.exists(manifest_path(dataset_dir)) else None
+    current = load(dataset_dir).snapshot_id if exists(manifest_path(dataset_dir)) else None
     lines = []
     for snapshot_id in committed:
         manifest = DatasetManifest.from_json(read_text(snapshot_path(dataset_dir, snapshot_id)))

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from beam_jobs import preprocess
+from beam_jobs.runners import supervision
 from beam_jobs.table import snapshots
 from beam_jobs.table.runs import Lease, LeaseLostError, check_lease_held, write_lease
 from dataset_checks import assert_no_debris, assert_verifies, current, record_paths, span_folders  # noqa: I100
@@ -339,6 +340,15 @@ class StoreLink:
         self._listener = None
         self._connections = []
         self._lock = threading.Lock()
+        self._to_refuse = 0
+        self.refused = 0  # requests answered 503 Slow Down
+
+    def slow_down(self, count: int) -> None:
+        """Answers the next `count` requests with 503 Slow Down (S3's throttling), cutting open connections so
+        that the client's next requests come on new ones."""
+        with self._lock:
+            self._to_refuse = count
+        self._cut_connections()
 
     @property
     def endpoint(self) -> str:
@@ -354,6 +364,9 @@ class StoreLink:
 
     def down(self) -> None:
         self._listener.close()
+        self._cut_connections()
+
+    def _cut_connections(self) -> None:
         with self._lock:
             for connection in self._connections:
                 with contextlib.suppress(OSError):
@@ -367,11 +380,28 @@ class StoreLink:
                 client, _ = listener.accept()
             except OSError:
                 return  # taken down
+            with self._lock:
+                refuse = self._to_refuse > 0
+                self._to_refuse -= refuse
+            if refuse:
+                threading.Thread(target=self._slow_down, args=(client,), daemon=True).start()
+                continue
             server = socket.create_connection(("127.0.0.1", self._target_port))
             with self._lock:
                 self._connections += [client, server]
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _slow_down(self, client: socket.socket) -> None:
+        body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message></Error>")
+        with client, contextlib.suppress(OSError):
+            request = b""
+            while b"\r\n\r\n" not in request and (chunk := client.recv(65536)):
+                request += chunk
+            client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            self.refused += 1
 
     @staticmethod
     def _pump(source: socket.socket, target: socket.socket) -> None:
@@ -391,17 +421,18 @@ def link(store):
         link.down()
 
 
-def test_an_object_store_that_goes_away_mid_run_fails_it_in_one_line_and_the_next_run_succeeds(
-        store, link, tmp_path, write_wav):
-    flags = [f.replace(store.endpoint, link.endpoint) for f in store.flags]
+def start_paused_run_on_the_store(store, link, tmp_path, write_wav, *, prefix: str):
+    """Snapshot 1 in the bucket through `link`, 6 new files, and a run of them held before its commit:
+    (the run, its log, the file that resumes it, its flags, the output URL, the audio URL)."""
+    flags = [flag.replace(store.endpoint, link.endpoint) for flag in store.flags]
     raw = tmp_path / "raw"
     write_class(write_wav, raw, "high", [f"h{i}" for i in range(4)], frequency=2000)
     write_class(write_wav, raw, "low", [f"l{i}" for i in range(4)], frequency=300)
-    audio_url = store.upload_tree(raw, "down/speech")
-    out_url = f"s3://{BUCKET}/down/out"
+    audio_url = store.upload_tree(raw, f"{prefix}/speech")
+    out_url = f"s3://{BUCKET}/{prefix}/out"
     ingest_url(audio_url, out_url, flags)
     write_class(write_wav, raw, "mid", [f"m{i}" for i in range(6)], frequency=900)
-    store.upload_tree(raw, "down/speech")
+    store.upload_tree(raw, f"{prefix}/speech")
     pause_file, resume_file, log = tmp_path / "paused", tmp_path / "resume", tmp_path / "run.log"
     with open(log, "w") as handle:
         run = subprocess.Popen(
@@ -411,13 +442,22 @@ def test_an_object_store_that_goes_away_mid_run_fails_it_in_one_line_and_the_nex
             env={**os.environ, "SOUNDSIGHT_PAUSE_AT": "span_written", "SOUNDSIGHT_PAUSE_FILE": str(pause_file),
                  "SOUNDSIGHT_RESUME_FILE": str(resume_file)})
     wait_for_pause(run, pause_file, log)
+    return run, log, resume_file, flags, out_url, audio_url
+
+
+def test_an_object_store_that_goes_away_mid_run_fails_it_in_one_line_and_the_next_run_succeeds(
+        store, link, tmp_path, write_wav):
+    run, log, resume_file, flags, out_url, audio_url = start_paused_run_on_the_store(store, link, tmp_path,
+                                                                                    write_wav, prefix="down")
     link.down()  # the store goes away between the span and the commit
     resume_file.touch()
     status = run.wait(timeout=BOUND_S)
 
     output = log.read_text()
     line = assert_one_line_and_no_traceback(output)
-    assert status == 1 and f"{out_url}/" in line and "while committing audio" in line, output
+    # The line names the object by its URL on the endpoint, after the bounded retries of the launcher's client.
+    assert status == 1 and f"/{BUCKET}/down/out/" in line and "Could not connect" in line, output
+    assert "while committing audio" in line, line
     link.up()
     after = ingest_url(audio_url, out_url, flags).manifests["audio"]
     assert (after.snapshot_id, after.parent_snapshot) == (2, 1)
@@ -426,6 +466,45 @@ def test_an_object_store_that_goes_away_mid_run_fails_it_in_one_line_and_the_nex
     assert sum(split.num_examples for split in after.splits.values()) == 14
 
 
+def test_an_object_store_that_throttles_the_commit_is_retried_and_the_run_commits(store, link, tmp_path,
+                                                                                  write_wav):
+    run, log, resume_file, _, out_url, _ = start_paused_run_on_the_store(store, link, tmp_path, write_wav,
+                                                                         prefix="slow")
+    link.slow_down(3)
+    resume_file.touch()
+    status = run.wait(timeout=BOUND_S)
+
+    output = log.read_text()
+    assert status == 0 and error_lines(output) == [] and link.refused == 3, output
+    assert "audio: committed snapshot 2" in output
+    assert [name for name in store.files(out_url) if ".tmp-" in name or name.startswith(".runs/")] == []
+
+
 def ingest_url(audio_url: str, out_url: str, flags: list[str]):
     return preprocess.run([f"--audio_root={audio_url}", f"--output_dir={out_url}", "--runner=FnApiRunner",
                            "--direct_running_mode=in_memory", *flags], save_main_session=False)
+
+
+# --- a watch whose runner dies ------------------------------------------------------------------------------------
+
+def test_a_watch_whose_runner_is_killed_exits_3_in_one_line_for_its_supervisor_to_restart(tmp_path, write_wav,
+                                                                                         example_parser):
+    from test_watch import start_watch, wait_for_snapshot
+    root, out = seeded(tmp_path, write_wav)
+    log = tmp_path / "watch.log"
+    watch = start_watch(root, out, log)
+    try:
+        wait_for_snapshot(watch, out / "audio", 2, log)
+        [prism] = [child for child in supervision._children(watch.pid) if "prism" in pathlib.Path(
+            f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")]
+        os.kill(prism, signal.SIGKILL)
+        status = watch.wait(timeout=BOUND_S)
+    finally:
+        if watch.poll() is None:
+            os.killpg(watch.pid, signal.SIGKILL)
+
+    output = log.read_text()
+    line = assert_one_line_and_no_traceback(output)
+    assert status == 3 and f"process {prism} (prism)" in line and "killed by SIGKILL" in line, output
+    assert "its commits stay" in line, line
+    assert_snapshot_intact_and_next_run_succeeds(root, out, write_wav, example_parser, snapshot_id=2)
