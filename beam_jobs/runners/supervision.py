@@ -127,6 +127,10 @@ class _HeldOutput:
             if not self._dropped:
                 self._held.append((time.monotonic(), show))
 
+    def original_fd(self) -> int:
+        """A descriptor of what descriptor 2 was before the block."""
+        return self._previous_fd
+
     def passes_through(self) -> bool:
         """Once the block ends, output is shown as it comes."""
         return self._closing.is_set()
@@ -189,7 +193,7 @@ class _HoldRecords(logging.Filter):
         self._output, self._handler = output, handler
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._output._closing.is_set():
+        if self._output.passes_through():
             return True
         self._output.hold(lambda: self._handler.emit(record))
         return False
@@ -295,12 +299,15 @@ class Supervisor:
                 pass  # ended meanwhile
         try:
             self._on_abort()
-        except OSError as error:
-            logging.warning("could not remove this run's files (%s); the next run removes them", error)
+        except Exception as error:  # noqa: BLE001 -- an OSError, or an object store's client error: say it, exit
+            reason += f" (its files could not be removed, {type(error).__name__}: the next run removes them)"
         shutil.rmtree(self._faults_dir, ignore_errors=True)
         if status == EXIT_WORKER_DIED:
             reason += f"; {self._stopped}"
-        stream = self._stream or sys.stderr
-        stream.write(f"\nerror: {reason}\n")
-        stream.flush()
+        line = f"\nerror: {reason}\n"
+        if self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+        else:  # the real stderr: descriptor 2 may be the held output's pipe
+            os.write(self._held.original_fd() if self._held else 2, line.encode("utf-8", "replace"))
         os._exit(status)
