@@ -57,9 +57,9 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
     With a `progress_stream` (a terminal or log), a progress line is shown on it while the pipeline runs.
     """
     settings, pipeline_args = parse_settings(argv)
+    verbose = logs.wants_verbose(sys.argv[1:] if argv is None else argv)
     if settings.watch is not None:
-        return watch.run_watch(settings, pipeline_args, save_main_session=save_main_session,
-                               verbose=logs.wants_verbose(sys.argv[1:] if argv is None else argv),
+        return watch.run_watch(settings, pipeline_args, save_main_session=save_main_session, verbose=verbose,
                                error_stream=progress_stream)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_id = new_run_id()
@@ -73,8 +73,7 @@ def run(argv=None, save_main_session=True, *, progress_stream=None) -> Preproces
 
     with LeaseKeeper(output_dir, run_id, ttl_seconds=settings.lease_seconds), Supervisor(
             max_run_seconds=settings.max_run_minutes and settings.max_run_minutes * 60, on_abort=remove_own_files,
-            stream=progress_stream, hold_output=not logs.wants_verbose(sys.argv[1:] if argv is None else argv)) \
-            as supervisor:
+            stream=progress_stream, hold_output=not verbose) as supervisor:
         try:
             clean_debris(output_dir, modalities=list(settings.roots), own_run_id=run_id,
                          committed_spans=lambda modality: snapshots.committed_spans(settings.dataset_dir(modality)))

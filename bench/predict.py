@@ -30,15 +30,14 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench import predict_engines
 from bench.engines import REPO, RUNNER_FLAGS
-from bench.preprocess import (FILE_MAKERS, FLAT_MEMORY_RATIO, PeakMemory, best_of, build_corpus, children_cpu_seconds,
-                              fixed_and_rate, list_inputs, memory_verdicts)
+from bench.preprocess import (FILE_MAKERS, FLAT_MEMORY_RATIO, best_of, build_corpus, fixed_and_rate, list_inputs,
+                              memory_verdicts, run_measured)
 from beam_jobs.modalities import MODALITIES
 from trainer.model_dir import ModelDir
 
@@ -89,21 +88,13 @@ def measure(engine: str, *, model_dir: str, root: Path, file_list: Path, files: 
     """Times `engine` in a fresh child process, from its start to its exit, sampling its tree's memory."""
     shutil.rmtree(out_dir, ignore_errors=True)
     command = engine_command(engine, model_dir=model_dir, root=root, file_list=file_list, out_dir=out_dir)
-    cpu_before = children_cpu_seconds()
-    start = time.perf_counter()
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        with PeakMemory([child.pid]) as memory:
-            stdout, stderr = child.communicate()
-    seconds = time.perf_counter() - start
-    if child.returncode:
-        raise RuntimeError(f"{engine} on {root} failed: {' '.join(command)}\n{stderr}")
+    child = run_measured(command, what=f"{engine} on {root}")
     if engine != PIPELINE:
-        counts = json.loads(stdout.strip().splitlines()[-1])
+        counts = json.loads(child.stdout.strip().splitlines()[-1])
         if counts["records"] + counts["errors"] != files:
             raise RuntimeError(f"{engine} on {root} answered for {counts} of {files} files")
-    return {"engine": engine, "files": files, "seconds": seconds, "files_per_s": files / seconds,
-            "cpu_seconds": children_cpu_seconds() - cpu_before, "peak_mib": memory.peak_bytes / 2**20,
-            "processes": memory.peak_processes}
+    return {"engine": engine, "files": files, "seconds": child.seconds, "files_per_s": files / child.seconds,
+            "cpu_seconds": child.cpu_seconds, "peak_mib": child.peak_mib, "processes": child.peak_processes}
 
 
 def bench_size(modality: str, *, model_dir: str, count: int, engines: list[str], corpora: Path, work_dir: Path,

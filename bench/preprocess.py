@@ -26,6 +26,7 @@ fixed start-up <= 2 s; and (3) peak memory flat as the corpus grows: the peak at
 --startup_files about 1.
 """
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import io
@@ -206,6 +207,30 @@ def bytes_on_disk(out_dir: Path) -> int:
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRun:
+    stdout: str
+    seconds: float  # from its start to its exit
+    cpu_seconds: float  # its own and that of the processes it waited for
+    peak_mib: float  # of its process tree
+    peak_processes: int
+
+
+def run_measured(command: list[str], *, what: str) -> ChildRun:
+    """Runs `command` in a child process from the repository, timing it and sampling its tree's memory;
+    RuntimeError naming `what`, with the child's stderr, when it fails."""
+    cpu_before = children_cpu_seconds()
+    start = time.perf_counter()
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        with PeakMemory([child.pid]) as memory:
+            stdout, stderr = child.communicate()
+    seconds = time.perf_counter() - start
+    if child.returncode:
+        raise RuntimeError(f"{what} failed with exit status {child.returncode}: {' '.join(command)}\n{stderr}")
+    return ChildRun(stdout=stdout, seconds=seconds, cpu_seconds=children_cpu_seconds() - cpu_before,
+                    peak_mib=memory.peak_bytes / 2**20, peak_processes=memory.peak_processes)
 
 
 def measure(engine: str, *, modality: str, root: Path, files: int, out_dir: Path) -> dict:

@@ -23,16 +23,14 @@ import argparse
 import errno
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from beam_jobs.modalities import MODALITIES
 from beam_jobs.table import snapshots
 from beam_jobs.table.layout import DataFolder, dataset_dir
 from bench.engines import RUNNER_FLAGS
-from bench.preprocess import FILE_MAKERS, REPO, PeakMemory, children_cpu_seconds, list_inputs
+from bench.preprocess import FILE_MAKERS, list_inputs, run_measured
 
 NEW_FRACTION = 0.05  # the share of the corpus the third run adds
 NO_CHANGE_TARGET = 0.15  # the no-change re-ingest's most seconds, as a share of the full ingest's
@@ -74,16 +72,8 @@ def run_ingest(root: Path, out_dir: Path, *, modality: str) -> dict:
     """Runs `python -m beam_jobs.preprocess` on 2 workers in a child process; its seconds, CPU and peak memory."""
     command = [sys.executable, "-m", "beam_jobs.preprocess", f"--{modality}_root={root}", f"--output_dir={out_dir}",
                *TWO_WORKERS]
-    cpu_before = children_cpu_seconds()  # counts the child and the workers it waited for
-    start = time.perf_counter()
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        with PeakMemory([child.pid]) as memory:
-            _, stderr = child.communicate()
-    seconds = time.perf_counter() - start
-    if child.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit status {child.returncode}:\n{stderr}")
-    return {"seconds": seconds, "cpu_seconds": children_cpu_seconds() - cpu_before,
-            "peak_mib": memory.peak_bytes / 2**20}
+    child = run_measured(command, what="beam_jobs.preprocess")  # its CPU counts the workers it waited for
+    return {"seconds": child.seconds, "cpu_seconds": child.cpu_seconds, "peak_mib": child.peak_mib}
 
 
 def check_snapshot(out_dir: Path, *, modality: str, phase: str, snapshot_id: int, changes: dict[str, int]) -> None:

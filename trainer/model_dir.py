@@ -97,8 +97,9 @@ class ModelDir:
 
     def run_files(self) -> list[str]:
         """Glob patterns of everything train and evaluate write here, for --overwrite."""
-        return [self.model, self.saved_model, self.serving, self.litert, self.manifest, self.history, self.train_config, self.epoch_log,
-                self.backup, self.logs, self.metrics("*"), self.confusion("*"), self.training_curves]
+        return [self.model, self.saved_model, self.serving, self.litert, self.manifest, self.history,
+                self.train_config, self.epoch_log, self.backup, self.logs, self.metrics("*"), self.confusion("*"),
+                self.training_curves]
 
     def is_trained(self) -> bool:
         """Whether a finished model can be loaded from here (local folders only)."""

@@ -45,7 +45,8 @@ import threading
 import time
 from typing import Callable
 
-FAULTS_VARIABLE = "SOUNDSIGHT_WORKER_FAULTS"  # the folder where worker_client says that a worker was killed
+from beam_jobs.runners.worker_client import FAULTS_VARIABLE  # the folder where it says that a worker was killed
+
 EXIT_WORKER_DIED = 3  # a process of the runner was killed (by a signal) mid-run
 EXIT_DEADLINE = 124  # --max_run_minutes passed (the status coreutils' timeout gives)
 _CHECK_SECONDS = 0.2
@@ -168,7 +169,7 @@ class _HeldOutput:
         with os.fdopen(read_fd, "rb") as pipe:
             for line in pipe:
                 if self._closing.is_set():
-                    os.write(target_fd, line)
+                    os.write(2, line)  # descriptor 2 is the real stderr again
                 else:
                     self.hold(lambda line=line: os.write(target_fd, line))
 
@@ -183,6 +184,7 @@ class _HeldOutput:
         self._threads[1].join()
         self._threads[0].join(timeout=0.5)  # a child process started meanwhile may hold the pipe longer
         self._release(everything=True)
+        os.close(self._previous_fd)
         for handler, held in self._filters:
             handler.removeFilter(held)
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 PASSED_FDS = (0, 1, 2)  # the worker gets this process's stdin, stdout and stderr
-FAULTS_VARIABLE = "SOUNDSIGHT_WORKER_FAULTS"  # beam_jobs.runners.supervision.FAULTS_VARIABLE
+FAULTS_VARIABLE = "SOUNDSIGHT_WORKER_FAULTS"  # set by beam_jobs.runners.supervision.Supervisor
 # What the zygote sends back: b"E" and the worker's exit status (sent by the worker itself), or b"S", the
 # signal that ended it and its process id (sent by the zygote, which waited for it).
 EXITED, SIGNALLED = b"E", b"S"

@@ -139,13 +139,17 @@ def snapshots_in_use(output_dir: str, modality: str, *, own_run_id: str) -> set[
 _LEASE_LOCK = threading.Lock()  # a watch's modalities may commit on two threads of one worker, beside the keeper
 
 
+def _lease_gone(output_dir: str, run_id: str) -> LeaseLostError:
+    return LeaseLostError(f"this run's lease {lease_path(output_dir, run_id)} is gone: another run took it for dead "
+                          f"and removed its files; this run commits nothing")
+
+
 def _update_lease(output_dir: str, run_id: str, **changes) -> Lease:
     """Rewrites this run's lease with `changes`; LeaseLostError when it has none any more."""
     with _LEASE_LOCK:
         lease = read_lease(output_dir, run_id)
         if lease is None:
-            raise LeaseLostError(f"this run's lease {lease_path(output_dir, run_id)} is gone: another run took it "
-                                 f"for dead and removed its files; this run commits nothing")
+            raise _lease_gone(output_dir, run_id)
         if "bases" in changes:
             changes["bases"] = {**lease.bases, **changes["bases"]}
         lease = dataclasses.replace(lease, **changes)
@@ -163,8 +167,7 @@ def check_lease_held(output_dir: str, run_id: str) -> None:
     every tenth); else LeaseLostError: the run was paused, or its renewals failed, for that long."""
     lease = read_lease(output_dir, run_id)
     if lease is None:
-        raise LeaseLostError(f"this run's lease {lease_path(output_dir, run_id)} is gone: another run took it for "
-                             f"dead and removed its files; this run commits nothing")
+        raise _lease_gone(output_dir, run_id)
     left = (lease.expires() - _now()).total_seconds()
     if left < lease.ttl_seconds / 2:
         raise LeaseLostError(f"this run's lease was last renewed at {lease.renewed} and "
